@@ -1,0 +1,40 @@
+# The project's whole set-up: `make test` and `make bench` build .venv when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install only when the dependency files change; a no-op `make venv` takes a second.
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast lint bench bench-full bench-peers soak clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -m "not soak" -p no:cacheprovider
+
+# Unit tests only: the quick loop while editing.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not soak" -p no:cacheprovider -q
+
+bench: venv
+	$(BIN)/python -m benchmarks.tiers --quick
+
+bench-full: venv
+	$(BIN)/python -m benchmarks.tiers
+
+soak: venv
+	$(BIN)/python -m pytest -m soak -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) bench-data bench-results .pytest_cache .mypy_cache .ruff_cache

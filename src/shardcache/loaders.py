@@ -1,0 +1,133 @@
+"""Ready raw data loaders and split ("protocol") file readers for the common case.
+
+A split item is a list ``[relative_path, label, ...]`` (mednet's convention) or a dict
+with ``"path"`` and ``"label"`` keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2.functional import resize
+
+from .errors import SplitError
+from .typing import DatabaseSplit, Sample
+
+ImageMode = Literal["gray", "rgb", "unchanged"]
+_READ_MODES = {
+    "gray": ImageReadMode.GRAY,
+    "rgb": ImageReadMode.RGB,
+    "unchanged": ImageReadMode.UNCHANGED,
+}
+
+
+def _field(item: Any, key: str, position: int) -> Any:
+    if isinstance(item, dict):
+        return item[key]
+    if isinstance(item, list | tuple):
+        return item[position]
+    if position == 0 and isinstance(item, str):
+        return item
+    raise TypeError(f"split item {item!r} has no {key!r} (expected [path, label] or a dict)")
+
+
+class ImageFileLoader:
+    """Decode PNG or JPEG files with ``torchvision.io`` into float32 tensors in [0, 1].
+
+    Args:
+        root: directory the items' paths are relative to.
+        mode: ``"gray"`` ([1, H, W]), ``"rgb"`` ([3, H, W]) or ``"unchanged"``.
+        size: ``(height, width)`` to resize to (antialiased), or None to keep the size.
+
+    Metadata: ``{"name": <relative path>, "label": <int>}`` when items carry a label.
+    """
+
+    def __init__(
+        self,
+        root: str | PathLike[str],
+        *,
+        mode: ImageMode = "gray",
+        size: Sequence[int] | None = None,
+    ) -> None:
+        if mode not in _READ_MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {', '.join(_READ_MODES)}")
+        self.root = Path(root)
+        self.mode = mode
+        self.size = None if size is None else [int(n) for n in size]
+
+    def sample(self, item: Any) -> Sample:
+        """Read, decode, optionally resize, and scale one image."""
+        name = str(_field(item, "path", 0))
+        image = decode_image(read_file(str(self.root / name)), mode=_READ_MODES[self.mode])
+        if self.size is not None:
+            image = resize(image, self.size, antialias=True)
+        metadata: dict[str, Any] = {"name": name}
+        label = self._label_or_none(item)
+        if label is not None:
+            metadata["label"] = label
+        return image.to(torch.float32).div_(255.0), metadata
+
+    def _label_or_none(self, item: Any) -> int | None:
+        try:
+            return int(_field(item, "label", 1))
+        except (IndexError, KeyError, TypeError):
+            return None
+
+    def label(self, item: Any) -> int:
+        """The item's integer label (its second element, or its ``"label"`` key)."""
+        return int(_field(item, "label", 1))
+
+
+def _check_split(split: Any, source: Path) -> DatabaseSplit:
+    if not isinstance(split, dict) or not all(
+        isinstance(name, str) and isinstance(items, list) for name, items in split.items()
+    ):
+        raise SplitError(f"{source}: a split maps subset names to lists of items")
+    return split
+
+
+def read_json_split(path: str | PathLike[str]) -> DatabaseSplit:
+    """Read a mednet-style JSON protocol: ``{"train": [["a.png", 0], ...], ...}``."""
+    source = Path(path)
+    try:
+        split = json.loads(source.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise SplitError(f"{source}: not valid JSON ({error})") from error
+    return _check_split(split, source)
+
+
+def _cell(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def read_csv_split(path: str | PathLike[str], *, subset_column: str = "split") -> DatabaseSplit:
+    """Read a CSV protocol with a header row; ``subset_column`` names each row's subset.
+
+    Each row becomes the item ``[other columns in order]``; cells that read as numbers
+    become numbers (so ``a.png,1`` gives ``["a.png", 1]``).
+    """
+    source = Path(path)
+    split: dict[str, list[Any]] = {}
+    with source.open(newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        if reader.fieldnames is None or subset_column not in reader.fieldnames:
+            raise SplitError(f"{source}: the header has no {subset_column!r} column")
+        columns = [name for name in reader.fieldnames if name != subset_column]
+        for line, row in enumerate(reader, start=2):
+            subset = row[subset_column]
+            if not subset:
+                raise SplitError(f"{source}:{line}: empty {subset_column!r} cell")
+            split.setdefault(subset, []).append([_cell(row[name]) for name in columns])
+    return split

@@ -1,0 +1,94 @@
+"""Say why a cache missed: the nearest cache of the same subset and what differs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptCacheError
+from .format import ITEMS_NAME, Manifest
+from .key import CacheKey, canonical_json
+from .layout import CACHE_NAME, CacheRoot, safe_subset_name
+
+MAX_LISTED = 3
+"""Differences named per kind before "and N more"."""
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two key-input dicts, most telling first."""
+    found: list[str] = []
+    if old.get("format_version") != new.get("format_version"):
+        found.append(f"format version {old.get('format_version')} -> {new['format_version']}")
+    if old.get("num_items") != new.get("num_items"):
+        found.append(f"item count {old.get('num_items')} -> {new['num_items']}")
+    elif old.get("items_sha256") != new.get("items_sha256"):
+        found.append("items")
+    old_loader, new_loader = old.get("loader", {}), new.get("loader", {})
+    if old_loader.get("fingerprint") != new_loader.get("fingerprint"):
+        found.append(
+            f"loader fingerprint {old_loader.get('fingerprint')!r} -> "
+            f"{new_loader.get('fingerprint')!r}"
+        )
+    if old_loader.get("class") != new_loader.get("class"):
+        found.append(f"loader class {old_loader.get('class')} -> {new_loader.get('class')}")
+    elif old_loader.get("source_sha256") != new_loader.get("source_sha256"):
+        found.append(f"loader class source ({new_loader.get('class')} was edited)")
+    old_attributes = old_loader.get("attributes", {})
+    new_attributes = new_loader.get("attributes", {})
+    for name in sorted(set(old_attributes) | set(new_attributes)):
+        if old_attributes.get(name, "<unset>") != new_attributes.get(name, "<unset>"):
+            found.append(
+                f"loader attribute {name!r} {old_attributes.get(name, '<unset>')!r} -> "
+                f"{new_attributes.get(name, '<unset>')!r}"
+            )
+    return found
+
+
+def _item_differences(path: Path, items: Sequence[Any]) -> str:
+    """Which items differ from the ones a cache was built from."""
+    try:
+        old = json.loads((path / ITEMS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "items"
+    changed = [
+        index
+        for index, (before, after) in enumerate(zip(old, items, strict=False))
+        if canonical_json(before) != canonical_json(after)
+    ]
+    if not changed:
+        return "items"
+    shown = ", ".join(
+        f"[{index}] {old[index]!r} -> {items[index]!r}" for index in changed[:MAX_LISTED]
+    )
+    more = f" and {len(changed) - MAX_LISTED} more" if len(changed) > MAX_LISTED else ""
+    return f"{len(changed)} items: {shown}{more}"
+
+
+def explain_miss(root: CacheRoot, subset: str, key: CacheKey, items: Sequence[Any]) -> str:
+    """One line on why ``subset`` has no cache for ``key``, naming the nearest candidate."""
+    prefix = safe_subset_name(subset)
+    best: tuple[int, Path, list[str]] | None = None
+    for path in root.published():
+        match = CACHE_NAME.match(path.name)
+        if match is None or match["subset"] != prefix:
+            continue
+        try:
+            manifest = Manifest.read(path / "manifest.json")
+        except CorruptCacheError:
+            continue
+        differences = _differences(manifest.key_inputs, key.inputs)
+        if best is None or len(differences) < best[0]:
+            best = (len(differences), path, differences)
+    name = root.cache_name(subset, key.digest)
+    if best is None:
+        return f"no cache for {name}: no earlier cache of subset {subset!r} in {root.path}"
+    _, path, differences = best
+    differences = [
+        _item_differences(path, items) if difference == "items" else difference
+        for difference in differences
+    ] or ["its key (same inputs, another shardcache version?)"]
+    return f"no cache for {name}; nearest is {path.name}, which differs in " + "; ".join(
+        differences
+    )

@@ -1,0 +1,159 @@
+"""Serve a published cache as a map-style Dataset of zero-copy, copy-on-write views.
+
+Shards are memory-mapped private and read-only-shared (``MAP_PRIVATE``): every process
+reads the same page-cache pages, and a transform that writes into a sample in place gets
+its own copy of the page instead of changing the file or another process's data. Mappings
+open on a process's first read, all shards at once, and are never pickled: a DataLoader worker started
+with ``spawn`` opens its own, one started with ``fork`` inherits the parent's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import os
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigurationError, CorruptCacheError
+from ..samples import fresh_metadata
+from ..typing import Sample
+from .format import LAST_USED_NAME, MANIFEST_NAME, Manifest, ShardInfo
+from .shardfile import ShardHeader, TensorEntry, read_header
+
+logger = logging.getLogger(__name__)
+
+
+def mmap_enabled() -> bool:
+    """False when ``SHARDCACHE_MMAP=0`` asks for plain reads (for unreliable network mounts)."""
+    value = os.environ.get("SHARDCACHE_MMAP", "1").strip().lower()
+    if value not in {"0", "1", "false", "true", "no", "yes", ""}:
+        raise ConfigurationError(f"SHARDCACHE_MMAP={value!r}: expected 0 or 1")
+    return value not in {"0", "false", "no"}
+
+
+class _OpenShard:
+    """One shard opened in this process: its parsed header and its mapping (or file)."""
+
+    def __init__(self, path: Path, info: ShardInfo, use_mmap: bool) -> None:
+        self.header: ShardHeader = read_header(path, expected_bytes=info.bytes)
+        if (self.header.start, self.header.stop) != (info.start, info.stop):
+            raise CorruptCacheError(
+                f"{path}: holds samples [{self.header.start}, {self.header.stop}), the "
+                f"manifest says [{info.start}, {info.stop})",
+                path=path,
+            )
+        self.storage: torch.UntypedStorage | None = None
+        self.file: Any = None
+        if use_mmap:
+            # shared=False maps MAP_PRIVATE: reads share the page cache, writes copy a page.
+            self.storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=info.bytes)
+        else:
+            self.file = path.open("rb", buffering=0)
+
+    def tensor(self, entry: TensorEntry) -> torch.Tensor:
+        """A view of the mapping (or, without mmap, a fresh tensor read from the file)."""
+        if self.storage is not None:
+            view = torch.empty(0, dtype=entry.dtype)
+            return view.set_(self.storage, entry.begin // entry.dtype.itemsize, entry.shape)
+        tensor = torch.empty(entry.shape, dtype=entry.dtype)
+        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        read = os.preadv(self.file.fileno(), [buffer], entry.begin)
+        if read != entry.end - entry.begin:
+            raise CorruptCacheError(f"{self.file.name}: short read of a tensor")
+        return tensor
+
+    def sample(self, index: int) -> Sample:
+        position = index - self.header.start
+        record = self.header.records[position]
+        tensors = self.header.tensors
+        tensor = self.tensor(tensors[str(index)])
+        plain = record["metadata"]
+        if "tensors" not in record:
+            return tensor, fresh_metadata(plain)
+        extra = {name: self.tensor(tensors[f"{index}/{name}"]) for name in record["tensors"]}
+        merged = {name: extra[name] if name in extra else plain[name] for name in record["order"]}
+        return tensor, fresh_metadata(merged)
+
+
+class CacheDataset(Dataset[Sample]):
+    """A published cache directory as a Dataset of ``(tensor, metadata)`` samples.
+
+    Opening reads the manifest and checks every shard's size (no data is read); full
+    checksums are checked by ``shardcache verify``.
+
+    Args:
+        path: the published cache directory.
+        use_mmap: map shards (default: unless ``SHARDCACHE_MMAP=0``); without mmap each
+            read copies the sample from the file.
+
+    Raises:
+        CorruptCacheError: the manifest or a shard fails a check; the message names it.
+    """
+
+    def __init__(self, path: str | PathLike[str], *, use_mmap: bool | None = None) -> None:
+        self.path = Path(path)
+        self.manifest = Manifest.read(self.path / MANIFEST_NAME)
+        self.use_mmap = mmap_enabled() if use_mmap is None else use_mmap
+        for shard in self.manifest.shards:
+            shard_path = self.path / shard.file
+            try:
+                size = shard_path.stat().st_size
+            except FileNotFoundError as error:
+                raise CorruptCacheError(f"{shard_path}: shard is missing", path=shard_path) from error
+            if size != shard.bytes:
+                raise CorruptCacheError(
+                    f"{shard_path}: shard is {size} bytes, the manifest says {shard.bytes}",
+                    path=shard_path,
+                )
+        self._starts = [shard.start for shard in self.manifest.shards]
+        self._shards: list[_OpenShard] | None = None
+        self._touch_last_used()
+
+    def _touch_last_used(self) -> None:
+        """Record this use for ``shardcache list``/``prune``; a read-only cache is fine."""
+        marker = self.path / LAST_USED_NAME
+        with contextlib.suppress(OSError):
+            marker.touch()
+
+    def __len__(self) -> int:
+        return self.manifest.num_samples
+
+    def labels(self) -> list[int | None]:
+        """Every sample's label, from the manifest (no shard is read)."""
+        return list(self.manifest.labels)
+
+    def _open_all(self) -> list[_OpenShard]:
+        """Map every shard now, so that a later ``shardcache clear`` (an unlink) cannot
+        take a shard away from this process in the middle of an epoch."""
+        shards = []
+        for info in self.manifest.shards:
+            shards.append(_OpenShard(self.path / info.file, info, self.use_mmap))
+        self._shards = shards
+        return shards
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} samples")
+        shards = self._shards if self._shards is not None else self._open_all()
+        return shards[bisect.bisect_right(self._starts, index) - 1].sample(index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Paths and the manifest only: mappings and file handles never cross processes.
+        state = self.__dict__.copy()
+        state["_shards"] = None
+        return state
+
+    def close(self) -> None:
+        """Drop this process's mappings (tensors already served stay valid)."""
+        for shard in self._shards or ():
+            if shard.file is not None:
+                shard.file.close()
+        self._shards = None

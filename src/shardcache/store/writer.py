@@ -1,0 +1,269 @@
+"""Build a cache: decode into shards in a staging directory, then publish it with one rename.
+
+Crash safety, step by step (a ``kill -9`` at any point leaves no published cache or a
+complete one):
+
+1. Shards are written to a temporary name, fsynced, and renamed to a name that carries
+   their sample range and checksum; a shard under its final name is complete.
+2. A later build resumes from every final-named shard whose header and checksum hold,
+   and decodes only the samples they do not cover.
+3. The manifest is written last, fsynced, and the staging directory is renamed into place:
+   a reader sees the whole cache or nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import shutil
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..decoding import Decoded, decode
+from ..errors import CorruptCacheError, InsufficientSpaceError
+from ..typing import RawDataLoader
+from .atomic import fsync_directory, temporary_name, write_atomically
+from .format import ITEMS_NAME, MANIFEST_NAME, SHARD_NAME, Manifest, ShardInfo, shard_name
+from .key import CacheKey, canonical_json
+from .lock import BuildLock
+from .shardfile import file_digest, read_header, write_shard
+
+logger = logging.getLogger(__name__)
+
+SPACE_ESTIMATE_SAMPLES = 16
+"""Samples decoded before the free-space check estimates the whole build's size."""
+
+SPACE_MARGIN = 1.05
+"""Headroom over the estimate: headers, the manifest, and samples larger than the first."""
+
+
+@dataclass(frozen=True)
+class _Shard:
+    info: ShardInfo
+    labels: list[int | None]
+
+
+def _sample_bytes(sample: Decoded) -> int:
+    tensors = [sample.tensor, *(v for v in sample.metadata.values() if hasattr(v, "nbytes"))]
+    return sum(int(tensor.nbytes) for tensor in tensors)
+
+
+class _ShardWriter:
+    """Groups decoded samples into shards and writes them on a background thread.
+
+    Writing, checksumming and fsync overlap with decoding (xxhash and file writes release
+    the GIL); a bounded queue keeps at most two shards in memory.
+    """
+
+    def __init__(self, staging: Path, shard_bytes: int, samples_to_write: int) -> None:
+        self.staging = staging
+        self.shard_bytes = shard_bytes
+        self.samples_to_write = samples_to_write
+        self.written: list[_Shard] = []
+        self.samples_written = 0
+        self._pending: list[Decoded] = []
+        self._pending_bytes = 0
+        self._seen = 0
+        self._seen_bytes = 0
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[list[Decoded] | None] = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._run, name="shardcache-writer", daemon=True)
+        self._thread.start()
+
+    def add(self, sample: Decoded) -> None:
+        """Take one decoded sample; samples arrive in increasing index order."""
+        if self._error is not None:
+            raise self._error
+        size = _sample_bytes(sample)
+        self._seen += 1
+        self._seen_bytes += size
+        if self._seen == min(SPACE_ESTIMATE_SAMPLES, self.samples_to_write):
+            self._check_free_space()
+        contiguous = not self._pending or sample.index == self._pending[-1].index + 1
+        if self._pending and (not contiguous or self._pending_bytes + size > self.shard_bytes):
+            self._submit()
+        self._pending.append(sample)
+        self._pending_bytes += size
+
+    def _check_free_space(self) -> None:
+        needed = int(self._seen_bytes / self._seen * self.samples_to_write * SPACE_MARGIN)
+        free = shutil.disk_usage(self.staging).free
+        if needed > free:
+            raise InsufficientSpaceError(
+                f"not enough free space to build the cache in {self.staging.parent.parent}: "
+                f"needs about {_human(needed)} ({self.samples_to_write} samples of about "
+                f"{_human(self._seen_bytes // self._seen)}), {_human(free)} free. Free some "
+                "space (`shardcache prune`), or set cache_dir / SHARDCACHE_DIR elsewhere"
+            )
+
+    def _submit(self) -> None:
+        self._queue.put(self._pending)
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _run(self) -> None:
+        while (samples := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain, so that close() never blocks on a full queue
+            try:
+                self.written.append(self._write(samples))
+                self.samples_written += len(samples)
+            except BaseException as error:  # noqa: BLE001 (re-raised in the decoding thread)
+                self._error = error
+
+    def _write(self, samples: list[Decoded]) -> _Shard:
+        start, stop = samples[0].index, samples[-1].index + 1
+        # The final name carries the checksum, known once the file is written; until the
+        # rename, the temporary name keeps resume scans and readers away from it.
+        temporary = temporary_name(self.staging / f"shard-{start:09d}-{stop:09d}")
+        try:
+            with temporary.open("xb") as stream:
+                size, digest = write_shard(stream, samples)
+                stream.flush()
+                # fsync before rename: else a power loss can leave an empty file under the
+                # final name (ext4 delayed allocation), which resume would then re-check.
+                os.fsync(stream.fileno())
+            final = self.staging / shard_name(start, stop, digest)
+            os.replace(temporary, final)
+        except BaseException as error:
+            temporary.unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.errno in {errno.ENOSPC, errno.EDQUOT}:
+                space = InsufficientSpaceError(
+                    f"no space left on device while writing samples [{start}, {stop}) to "
+                    f"{self.staging}: {_human(shutil.disk_usage(self.staging).free)} free. "
+                    "Completed shards stay there for the next build to resume "
+                    "(`shardcache clear` removes them)"
+                )
+                space.errno = error.errno
+                raise space from error
+            raise
+        logger.debug("wrote %s (%d samples, %d bytes)", final.name, stop - start, size)
+        info = ShardInfo(file=final.name, start=start, stop=stop, bytes=size, xxh3_128=digest)
+        return _Shard(info, [sample.label for sample in samples])
+
+    def close(self) -> None:
+        """Write what is pending, wait for the thread, and raise its error if it had one."""
+        if self._pending and self._error is None:
+            self._submit()
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _reusable_shards(staging: Path, num_items: int) -> list[_Shard]:
+    """Complete, checksum-verified shards of an interrupted build; others are deleted."""
+    found: list[_Shard] = []
+    for path in sorted(staging.iterdir()):
+        if path.name.startswith(".tmp-"):
+            path.unlink()  # a dead writer's partial file; we hold the lock
+            continue
+        match = SHARD_NAME.match(path.name)
+        if match is None:
+            continue
+        start, stop, digest = int(match[1]), int(match[2]), match[3]
+        try:
+            header = read_header(path)
+            if (header.start, header.stop) != (start, stop) or stop > num_items:
+                raise CorruptCacheError(f"{path}: range does not match its name", path=path)
+            if file_digest(path) != digest:
+                raise CorruptCacheError(f"{path}: checksum does not match its name", path=path)
+        except CorruptCacheError as error:
+            logger.warning("not resuming from a damaged shard: %s", error)
+            path.unlink()
+            continue
+        labels = [record.get("label") for record in header.records]
+        info = ShardInfo(path.name, start, stop, header.file_bytes, digest)
+        found.append(_Shard(info, labels))
+    kept: list[_Shard] = []
+    for shard in sorted(found, key=lambda s: s.info.start):
+        if kept and shard.info.start < kept[-1].info.stop:
+            (staging / shard.info.file).unlink()  # overlaps a kept one: never serve twice
+            continue
+        kept.append(shard)
+    return kept
+
+
+def _missing_indices(num_items: int, shards: Iterable[_Shard]) -> list[int]:
+    covered = bytearray(num_items)
+    for shard in shards:
+        covered[shard.info.start : shard.info.stop] = b"\x01" * (shard.info.stop - shard.info.start)
+    return [index for index, done in enumerate(covered) if not done]
+
+
+def build(
+    *,
+    root_path: Path,
+    staging: Path,
+    name: str,
+    subset: str,
+    items: Sequence[Any],
+    loader: RawDataLoader,
+    key: CacheKey,
+    lock: BuildLock,
+    parallel: int,
+    shard_bytes: int,
+) -> Path:
+    """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
+    staging.mkdir(parents=True, exist_ok=True)
+    reused = _reusable_shards(staging, len(items))
+    missing = _missing_indices(len(items), reused)
+    if reused:
+        logger.info(
+            "resuming the build of %s: %d shards (%d samples) reused, %d to decode",
+            name,
+            len(reused),
+            len(items) - len(missing),
+            len(missing),
+        )
+    else:
+        logger.info("building %s (%d samples) in %s", name, len(items), root_path)
+    shards = list(reused)
+    if missing:
+        writer = _ShardWriter(staging, shard_bytes, len(missing))
+        try:
+            for sample in decode(
+                subset, items, loader, indices=missing, parallel=parallel, storable=True
+            ):
+                writer.add(sample)
+                lock.report_progress(len(items) - len(missing) + writer.samples_written, len(items))
+        finally:
+            # Keeps what was decoded before a failure, for the next build to resume.
+            writer.close()
+        shards += writer.written
+    shards.sort(key=lambda shard: shard.info.start)
+    labels = [label for shard in shards for label in shard.labels]
+    manifest = Manifest(
+        key=key.digest,
+        subset=subset,
+        num_samples=len(items),
+        shards=tuple(shard.info for shard in shards),
+        labels=tuple(labels),
+        key_inputs=key.inputs,
+        library_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_atomically(staging / ITEMS_NAME, canonical_json(list(items)).encode())
+    # The manifest goes last: its presence is what makes the directory a cache.
+    write_atomically(staging / MANIFEST_NAME, manifest.to_json().encode())
+    fsync_directory(staging)
+    final = root_path / name
+    os.rename(staging, final)  # one atomic step from "building" to "published"
+    fsync_directory(root_path)
+    logger.info("published %s: %d samples, %d shards", name, len(items), len(shards))
+    return final

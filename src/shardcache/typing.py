@@ -1,0 +1,30 @@
+"""Types shared by the DataModule, the datasets and the store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+import torch
+
+Sample: TypeAlias = tuple[torch.Tensor, dict[str, Any]]
+"""What every dataset serves: the sample tensor and its metadata."""
+
+DatabaseSplit: TypeAlias = Mapping[str, Sequence[Any]]
+"""Subset name ("train", "validation", "test", "monitor-*") to JSON-like split items."""
+
+Transform: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
+"""A model transform, applied after loading and never cached."""
+
+
+@runtime_checkable
+class RawDataLoader(Protocol):
+    """Decodes one split item. ``fingerprint() -> str`` is optional (see the store's key)."""
+
+    def sample(self, item: Any) -> Sample:
+        """Decode ``item`` into a tensor and a metadata dict."""
+        ...
+
+    def label(self, item: Any) -> int:
+        """Return ``item``'s class without decoding its pixels."""
+        ...

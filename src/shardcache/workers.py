@@ -1,0 +1,36 @@
+"""What ``parallel`` means for processes: the one place that maps it to worker counts."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from multiprocessing.context import BaseContext
+
+from .errors import ConfigurationError
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and container limits)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def num_workers(parallel: int) -> int:
+    """Worker processes for ``parallel``: ``<0`` none (in-process), ``0`` one per CPU, ``n``."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int):
+        raise ConfigurationError(
+            f"parallel={parallel!r}: expected an int (-1: in-process, 0: one worker per CPU, "
+            "n >= 1: n workers)"
+        )
+    if parallel < 0:
+        return 0
+    return parallel or available_cpus()
+
+
+def worker_context(workers: int) -> BaseContext | None:
+    """The multiprocessing context for ``workers`` processes: ``spawn`` on macOS, else default."""
+    if workers > 0 and sys.platform == "darwin":
+        return multiprocessing.get_context("spawn")
+    return None
