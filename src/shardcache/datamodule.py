@@ -207,9 +207,7 @@ class CachingDataModule(lightning.LightningDataModule):
         sampler: Sampler[int] | None = None,
     ) -> DataLoader[Sample]:
         served: Dataset[Sample] = (
-            TransformedDataset(dataset, self.model_transforms)
-            if self.model_transforms
-            else dataset  # type: ignore[assignment]
+            TransformedDataset(dataset, self.model_transforms) if self.model_transforms else dataset  # type: ignore[assignment]
         )
         workers = num_workers(self.parallel)
         return DataLoader(

@@ -53,7 +53,8 @@ def _private(tensor: torch.Tensor) -> torch.Tensor:
     Keeping thousands of shared-memory segments would exhaust file mappings
     (vm.max_map_count) and pin /dev/shm space.
     """
-    return tensor.clone() if tensor.is_shared() else tensor
+    shared: bool = tensor.is_shared()  # type: ignore[no-untyped-call]
+    return tensor.clone() if shared else tensor
 
 
 class MemoryDataset(Dataset[Sample]):

@@ -92,7 +92,8 @@ class _DecodingDataset(Dataset[Decoded | _Failure]):
         return Decoded(index, tensor, metadata, label)
 
 
-def _as_is(value: Decoded | _Failure) -> Decoded | _Failure:
+def _as_is(value: Any) -> Any:
+    """With ``batch_size=None`` the DataLoader passes single results: keep them whole."""
     return value
 
 

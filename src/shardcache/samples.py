@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import torch
@@ -118,7 +117,9 @@ def _json_problem(value: object) -> str | None:
 
 def fresh_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """A copy of cached metadata that a caller may change without changing the cache."""
-    if all(isinstance(value, str | int | float | bool | torch.Tensor) or value is None
-           for value in metadata.values()):
+    if all(
+        isinstance(value, str | int | float | bool | torch.Tensor) or value is None
+        for value in metadata.values()
+    ):
         return dict(metadata)
     return copy.deepcopy(metadata)

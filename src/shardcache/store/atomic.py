@@ -39,7 +39,7 @@ def atomic_output(final: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
                 # Without fsync before rename, a power loss can publish an empty file
                 # under the final name (ext4 delayed allocation).
                 os.fsync(stream.fileno())
-        os.replace(temporary, final)
+        temporary.replace(final)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -63,7 +63,7 @@ def discard(root: CacheRoot, path: Path) -> None:
     trash = root.trash()
     trash.mkdir(exist_ok=True)
     moved = trash / f"{path.name}.{secrets.token_hex(4)}"
-    os.rename(path, moved)
+    path.rename(moved)
     shutil.rmtree(moved, ignore_errors=True)
 
 

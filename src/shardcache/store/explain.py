@@ -37,12 +37,13 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         found.append(f"loader class source ({new_loader.get('class')} was edited)")
     old_attributes = old_loader.get("attributes", {})
     new_attributes = new_loader.get("attributes", {})
-    for name in sorted(set(old_attributes) | set(new_attributes)):
-        if old_attributes.get(name, "<unset>") != new_attributes.get(name, "<unset>"):
-            found.append(
-                f"loader attribute {name!r} {old_attributes.get(name, '<unset>')!r} -> "
-                f"{new_attributes.get(name, '<unset>')!r}"
-            )
+    unset = "<unset>"
+    found.extend(
+        f"loader attribute {name!r} {old_attributes.get(name, unset)!r} -> "
+        f"{new_attributes.get(name, unset)!r}"
+        for name in sorted(set(old_attributes) | set(new_attributes))
+        if old_attributes.get(name, unset) != new_attributes.get(name, unset)
+    )
     return found
 
 

@@ -78,7 +78,9 @@ class Manifest:
         except FileNotFoundError as error:
             raise CorruptCacheError(f"{path}: manifest is missing", path=path) from error
         except (OSError, UnicodeDecodeError) as error:
-            raise CorruptCacheError(f"{path}: manifest cannot be read: {error}", path=path) from error
+            raise CorruptCacheError(
+                f"{path}: manifest cannot be read: {error}", path=path
+            ) from error
         return cls.from_json(text, source=path)
 
     @classmethod

@@ -3,8 +3,8 @@
 Shards are memory-mapped private and read-only-shared (``MAP_PRIVATE``): every process
 reads the same page-cache pages, and a transform that writes into a sample in place gets
 its own copy of the page instead of changing the file or another process's data. Mappings
-open on a process's first read, all shards at once, and are never pickled: a DataLoader worker started
-with ``spawn`` opens its own, one started with ``fork`` inherits the parent's.
+open on a process's first read, all shards at once, and are never pickled: a DataLoader
+worker started with ``spawn`` opens its own, one started with ``fork`` inherits them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import os
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -52,7 +52,8 @@ class _OpenShard:
         self.file: Any = None
         if use_mmap:
             # shared=False maps MAP_PRIVATE: reads share the page cache, writes copy a page.
-            self.storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=info.bytes)
+            mapped = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=info.bytes)
+            self.storage = cast(torch.UntypedStorage, mapped)
         else:
             self.file = path.open("rb", buffering=0)
 
@@ -60,9 +61,10 @@ class _OpenShard:
         """A view of the mapping (or, without mmap, a fresh tensor read from the file)."""
         if self.storage is not None:
             view = torch.empty(0, dtype=entry.dtype)
-            return view.set_(self.storage, entry.begin // entry.dtype.itemsize, entry.shape)
+            offset = entry.begin // entry.dtype.itemsize
+            return view.set_(self.storage, offset, entry.shape, entry.stride)
         tensor = torch.empty(entry.shape, dtype=entry.dtype)
-        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
         read = os.preadv(self.file.fileno(), [buffer], entry.begin)
         if read != entry.end - entry.begin:
             raise CorruptCacheError(f"{self.file.name}: short read of a tensor")
@@ -105,7 +107,9 @@ class CacheDataset(Dataset[Sample]):
             try:
                 size = shard_path.stat().st_size
             except FileNotFoundError as error:
-                raise CorruptCacheError(f"{shard_path}: shard is missing", path=shard_path) from error
+                raise CorruptCacheError(
+                    f"{shard_path}: shard is missing", path=shard_path
+                ) from error
             if size != shard.bytes:
                 raise CorruptCacheError(
                     f"{shard_path}: shard is {size} bytes, the manifest says {shard.bytes}",
@@ -129,11 +133,13 @@ class CacheDataset(Dataset[Sample]):
         return list(self.manifest.labels)
 
     def _open_all(self) -> list[_OpenShard]:
-        """Map every shard now, so that a later ``shardcache clear`` (an unlink) cannot
-        take a shard away from this process in the middle of an epoch."""
-        shards = []
-        for info in self.manifest.shards:
-            shards.append(_OpenShard(self.path / info.file, info, self.use_mmap))
+        """Map every shard now, so that ``shardcache clear`` cannot take one away mid-epoch.
+
+        (It unlinks files; a mapping outlives the unlink.)
+        """
+        shards = [
+            _OpenShard(self.path / info.file, info, self.use_mmap) for info in self.manifest.shards
+        ]
         self._shards = shards
         return shards
 

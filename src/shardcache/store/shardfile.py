@@ -10,6 +10,7 @@ a view of the mapping. Any safetensors reader can open a shard.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -30,7 +31,6 @@ MAX_HEADER_BYTES = 100_000_000
 """safetensors' own limit on header size."""
 
 
-
 @dataclass(frozen=True)
 class TensorEntry:
     """Where one tensor lies in a shard file (byte offsets from the file's start)."""
@@ -39,6 +39,14 @@ class TensorEntry:
     shape: tuple[int, ...]
     begin: int
     end: int
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        """Contiguous (row-major) strides of ``shape``."""
+        strides = [1] * len(self.shape)
+        for axis in range(len(self.shape) - 2, -1, -1):
+            strides[axis] = strides[axis + 1] * max(self.shape[axis + 1], 1)
+        return tuple(strides)
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,9 @@ def _flat_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return dense.reshape(-1).view(torch.uint8)
 
 
-def encode_records(samples: Sequence[Decoded]) -> tuple[list[dict[str, Any]], list[tuple[str, torch.Tensor]]]:
+def encode_records(
+    samples: Sequence[Decoded],
+) -> tuple[list[dict[str, Any]], list[tuple[str, torch.Tensor]]]:
     """Split samples into JSON records and named tensors."""
     records: list[dict[str, Any]] = []
     tensors: list[tuple[str, torch.Tensor]] = []
@@ -123,7 +133,7 @@ def write_shard(stream: BinaryIO, samples: Sequence[Decoded]) -> tuple[int, str]
         stream.write(chunk)
         hasher.update(chunk)
     for payload in payloads:
-        view = memoryview(payload.numpy())
+        view = payload.numpy().data
         stream.write(view)
         hasher.update(view)
     return 8 + len(header_bytes) + offset, hasher.hexdigest()
@@ -138,71 +148,79 @@ def file_digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def read_header(path: Path, *, expected_bytes: int | None = None) -> ShardHeader:
-    """Parse and check a shard's header; `CorruptCacheError` names the file and the lie."""
-
-    def fail(problem: str) -> CorruptCacheError:
-        return CorruptCacheError(f"{path}: {problem}", path=path)
-
+def _read_header_bytes(path: Path, expected_bytes: int | None) -> tuple[bytes, int]:
+    """The raw JSON header and the file's size."""
     try:
         with path.open("rb") as stream:
             size = os.fstat(stream.fileno()).st_size
             if expected_bytes is not None and size != expected_bytes:
-                raise fail(f"shard is {size} bytes, the manifest says {expected_bytes}")
+                raise _corrupt(path, f"shard is {size} bytes, the manifest says {expected_bytes}")
             prefix = stream.read(8)
             if len(prefix) < 8:
-                raise fail("shard is shorter than a safetensors header")
+                raise _corrupt(path, "shard is shorter than a safetensors header")
             (length,) = struct.unpack("<Q", prefix)
             if length > min(MAX_HEADER_BYTES, size - 8):
-                raise fail(f"shard header length {length} is larger than the file allows")
-            raw = stream.read(length)
+                raise _corrupt(path, f"shard header length {length} exceeds what the file holds")
+            return stream.read(length), size
     except FileNotFoundError as error:
-        raise fail("shard is missing") from error
+        raise _corrupt(path, "shard is missing") from error
     except OSError as error:
-        raise fail(f"shard cannot be read: {error}") from error
-    try:
-        header = json.loads(raw)
-        record = json.loads(header.pop("__metadata__")[RECORD_KEY])
-        records = record["samples"]
-        start, stop = record["start"], record["stop"]
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise fail(f"shard header is not a shardcache safetensors header ({error!r})") from error
-    if len(records) != stop - start:
-        raise fail(f"shard has {len(records)} sample records for samples [{start}, {stop})")
-    data_start = 8 + length
+        raise _corrupt(path, f"shard cannot be read: {error}") from error
+
+
+def _corrupt(path: Path, problem: str) -> CorruptCacheError:
+    return CorruptCacheError(f"{path}: {problem}", path=path)
+
+
+def _tensor_entries(path: Path, header: dict[str, Any], data_start: int) -> dict[str, TensorEntry]:
+    """Check each tensor's entry, and that together they cover the data without holes."""
     tensors: dict[str, TensorEntry] = {}
-    spans: list[tuple[int, int]] = []
     for name, info in header.items():
         try:
             dtype = DTYPES_BY_CODE[info["dtype"]]
             shape = tuple(int(n) for n in info["shape"])
             begin, end = (int(n) for n in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as error:
-            raise fail(f"tensor {name!r} has a malformed header entry ({error!r})") from error
-        numel = 1
-        for n in shape:
-            numel *= n
-        if end - begin != numel * dtype.itemsize or begin < 0:
-            raise fail(f"tensor {name!r} spans {end - begin} bytes, its shape needs more or less")
+            raise _corrupt(path, f"tensor {name!r} has a malformed entry ({error!r})") from error
+        numel = math.prod(shape)
+        if begin < 0 or end - begin != numel * dtype.itemsize:
+            raise _corrupt(path, f"tensor {name!r} spans {end - begin} bytes, unlike its shape")
         if begin % dtype.itemsize:
-            raise fail(f"tensor {name!r} is not aligned to its dtype")
-        spans.append((begin, end))
+            raise _corrupt(path, f"tensor {name!r} is not aligned to its dtype")
         tensors[name] = TensorEntry(dtype, shape, data_start + begin, data_start + end)
-    spans.sort()
-    covered = 0
-    for begin, end in spans:
-        if begin != covered:
-            raise fail("shard tensor data has holes or overlaps")
-        covered = end
-    if data_start + covered != size:
-        raise fail(f"shard is {size} bytes, its header describes {data_start + covered}")
-    for offset, record in enumerate(records):
+    covered = data_start
+    for entry in sorted(tensors.values(), key=lambda entry: entry.begin):
+        if entry.begin != covered:
+            raise _corrupt(path, "shard tensor data has holes or overlaps")
+        covered = entry.end
+    return tensors
+
+
+def read_header(path: Path, *, expected_bytes: int | None = None) -> ShardHeader:
+    """Parse and check a shard's header; `CorruptCacheError` names the file and the lie."""
+    raw, size = _read_header_bytes(path, expected_bytes)
+    try:
+        header = json.loads(raw)
+        record = json.loads(header.pop("__metadata__")[RECORD_KEY])
+        records = record["samples"]
+        start, stop = record["start"], record["stop"]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _corrupt(
+            path, f"header is not a shardcache safetensors header ({error!r})"
+        ) from error
+    if len(records) != stop - start:
+        raise _corrupt(path, f"{len(records)} sample records for samples [{start}, {stop})")
+    tensors = _tensor_entries(path, header, 8 + len(raw))
+    end = max((entry.end for entry in tensors.values()), default=8 + len(raw))
+    if end != size:
+        raise _corrupt(path, f"shard is {size} bytes, its header describes {end}")
+    for offset, sample in enumerate(records):
         index = start + offset
         if (
             str(index) not in tensors
-            or not isinstance(record, dict)
-            or not isinstance(record.get("metadata"), dict)
-            or any(f"{index}/{name}" not in tensors for name in record.get("tensors", ()))
+            or not isinstance(sample, dict)
+            or not isinstance(sample.get("metadata"), dict)
+            or any(f"{index}/{name}" not in tensors for name in sample.get("tensors", ()))
         ):
-            raise fail(f"sample {index} has a malformed record or lacks a tensor")
+            raise _corrupt(path, f"sample {index} has a malformed record or lacks a tensor")
     return ShardHeader(tensors, records, start, stop, size)

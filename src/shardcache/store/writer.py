@@ -131,7 +131,7 @@ class _ShardWriter:
                 # final name (ext4 delayed allocation), which resume would then re-check.
                 os.fsync(stream.fileno())
             final = self.staging / shard_name(start, stop, digest)
-            os.replace(temporary, final)
+            temporary.replace(final)
         except BaseException as error:
             temporary.unlink(missing_ok=True)
             if isinstance(error, OSError) and error.errno in {errno.ENOSPC, errno.EDQUOT}:
@@ -263,7 +263,7 @@ def build(
     write_atomically(staging / MANIFEST_NAME, manifest.to_json().encode())
     fsync_directory(staging)
     final = root_path / name
-    os.rename(staging, final)  # one atomic step from "building" to "published"
+    staging.rename(final)  # one atomic step from "building" to "published"
     fsync_directory(root_path)
     logger.info("published %s: %d samples, %d shards", name, len(items), len(shards))
     return final
