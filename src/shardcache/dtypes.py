@@ -23,3 +23,18 @@ SAFETENSORS_CODES: dict[torch.dtype, str] = {
     torch.complex64: "C64",
 }
 DTYPES_BY_CODE = {code: dtype for dtype, code in SAFETENSORS_CODES.items()}
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides of ``shape``, as ``torch.empty(shape).stride()`` gives them."""
+    strides = [1] * len(shape)
+    for axis in range(len(shape) - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * max(shape[axis + 1], 1)
+    return tuple(strides)
+
+
+def view_of(
+    storage: torch.UntypedStorage, offset: int, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """A contiguous tensor over ``storage`` from element ``offset``: no copy."""
+    return torch.empty(0, dtype=dtype).set_(storage, offset, shape, contiguous_strides(shape))

@@ -20,10 +20,12 @@ from typing import Any, cast
 import torch
 from torch.utils.data import Dataset
 
+from ..dtypes import view_of
 from ..errors import ConfigurationError, CorruptCacheError
 from ..samples import fresh_metadata
 from ..typing import Sample
 from .format import LAST_USED_NAME, MANIFEST_NAME, Manifest, ShardInfo
+from .inventory import Lease
 from .shardfile import ShardHeader, TensorEntry, read_header
 
 logger = logging.getLogger(__name__)
@@ -60,9 +62,12 @@ class _OpenShard:
     def tensor(self, entry: TensorEntry) -> torch.Tensor:
         """A view of the mapping (or, without mmap, a fresh tensor read from the file)."""
         if self.storage is not None:
-            view = torch.empty(0, dtype=entry.dtype)
-            offset = entry.begin // entry.dtype.itemsize
-            return view.set_(self.storage, offset, entry.shape, entry.stride)
+            # A view of a storage *slice* (still zero-copy): a DataLoader worker that sends a
+            # view of the from_file storage itself fails in torch's reduce_storage (it dups the
+            # mapping's closed fd: EBADF) and the loader hangs; a slice is shared by copying
+            # this sample's bytes only.
+            window = self.storage[entry.begin : entry.end]
+            return view_of(window, 0, entry.shape, entry.dtype)
         tensor = torch.empty(entry.shape, dtype=entry.dtype)
         buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
         read = os.preadv(self.file.fileno(), [buffer], entry.begin)
@@ -102,19 +107,27 @@ class CacheDataset(Dataset[Sample]):
         self.path = Path(path)
         self.manifest = Manifest.read(self.path / MANIFEST_NAME)
         self.use_mmap = mmap_enabled() if use_mmap is None else use_mmap
-        for shard in self.manifest.shards:
-            shard_path = self.path / shard.file
-            try:
-                size = shard_path.stat().st_size
-            except FileNotFoundError as error:
-                raise CorruptCacheError(
-                    f"{shard_path}: shard is missing", path=shard_path
-                ) from error
-            if size != shard.bytes:
-                raise CorruptCacheError(
-                    f"{shard_path}: shard is {size} bytes, the manifest says {shard.bytes}",
-                    path=shard_path,
-                )
+        # Held until close(): `shardcache prune` never removes a cache a live process holds.
+        # Taken before the shard checks, so that what they find stays there.
+        self._lease = Lease.take(self.path.parent, self.manifest.key)
+        try:
+            for shard in self.manifest.shards:
+                shard_path = self.path / shard.file
+                try:
+                    size = shard_path.stat().st_size
+                except FileNotFoundError as error:
+                    raise CorruptCacheError(
+                        f"{shard_path}: shard is missing", path=shard_path
+                    ) from error
+                if size != shard.bytes:
+                    raise CorruptCacheError(
+                        f"{shard_path}: shard is {size} bytes, the manifest says {shard.bytes}",
+                        path=shard_path,
+                    )
+        except BaseException:
+            if self._lease is not None:
+                self._lease.release()
+            raise
         self._starts = [shard.start for shard in self.manifest.shards]
         self._shards: list[_OpenShard] | None = None
         self._touch_last_used()
@@ -155,11 +168,15 @@ class CacheDataset(Dataset[Sample]):
         # Paths and the manifest only: mappings and file handles never cross processes.
         state = self.__dict__.copy()
         state["_shards"] = None
+        state["_lease"] = None  # a file descriptor: the process that opened the cache holds it
         return state
 
     def close(self) -> None:
-        """Drop this process's mappings (tensors already served stay valid)."""
+        """Drop this process's mappings and lease (tensors already served stay valid)."""
         for shard in self._shards or ():
             if shard.file is not None:
                 shard.file.close()
         self._shards = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None

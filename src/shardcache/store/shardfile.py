@@ -40,14 +40,6 @@ class TensorEntry:
     begin: int
     end: int
 
-    @property
-    def stride(self) -> tuple[int, ...]:
-        """Contiguous (row-major) strides of ``shape``."""
-        strides = [1] * len(self.shape)
-        for axis in range(len(self.shape) - 2, -1, -1):
-            strides[axis] = strides[axis + 1] * max(self.shape[axis + 1], 1)
-        return tuple(strides)
-
 
 @dataclass(frozen=True)
 class ShardHeader:
@@ -208,6 +200,10 @@ def read_header(path: Path, *, expected_bytes: int | None = None) -> ShardHeader
         raise _corrupt(
             path, f"header is not a shardcache safetensors header ({error!r})"
         ) from error
+    # Valid JSON of the wrong shape must be refused here too, not fail later with a
+    # TypeError (resume would crash on such a staged shard at every run).
+    if not (isinstance(records, list) and type(start) is int and type(stop) is int):
+        raise _corrupt(path, "header's sample records or range are malformed")
     if len(records) != stop - start:
         raise _corrupt(path, f"{len(records)} sample records for samples [{start}, {stop})")
     tensors = _tensor_entries(path, header, 8 + len(raw))
@@ -220,6 +216,8 @@ def read_header(path: Path, *, expected_bytes: int | None = None) -> ShardHeader
             str(index) not in tensors
             or not isinstance(sample, dict)
             or not isinstance(sample.get("metadata"), dict)
+            or not isinstance(sample.get("tensors", []), list)
+            or ("tensors" in sample and not isinstance(sample.get("order"), list))
             or any(f"{index}/{name}" not in tensors for name in sample.get("tensors", ()))
         ):
             raise _corrupt(path, f"sample {index} has a malformed record or lacks a tensor")
