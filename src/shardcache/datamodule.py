@@ -11,6 +11,7 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .batching import BatchCollator
 from .datasets import LabelledDataset, MemoryDataset, RawDataset, TransformedDataset
 from .errors import ConfigurationError, SplitError
 from .sampler import balanced_sampler
@@ -220,6 +221,7 @@ class CachingDataModule(lightning.LightningDataModule):
             multiprocessing_context=worker_context(workers),
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=BatchCollator(workers, persistent_workers=workers > 0),
         )
 
     def train_dataloader(self) -> DataLoader[Sample]:

@@ -1,0 +1,92 @@
+"""Pooled batch buffers: same batches as default_collate, and a kept batch is never reused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from shardcache.batching import BatchCollator
+
+
+class Numbered(Dataset[tuple[torch.Tensor, dict[str, object]]]):
+    """Sample i is a [2, 3] tensor filled with i, with its index as metadata."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, object]]:
+        return torch.full((2, 3), float(index)), {"index": index, "name": f"s{index}"}
+
+
+def _loader(workers: int, collate: object, *, shuffle: bool = False) -> DataLoader[object]:
+    return DataLoader(
+        Numbered(),
+        batch_size=8,
+        shuffle=shuffle,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=collate,  # type: ignore[arg-type]
+    )
+
+
+def _expected(indices: torch.Tensor) -> torch.Tensor:
+    return indices.to(torch.float32)[:, None, None].expand(-1, 2, 3)
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_batches_equal_default_collate(workers: int) -> None:
+    pooled = list(_loader(workers, BatchCollator(workers, workers > 0)))
+    plain = list(_loader(0, default_collate))
+    assert len(pooled) == len(plain) == 5
+    for (tensor, metadata), (expected, expected_metadata) in zip(pooled, plain, strict=True):
+        assert torch.equal(tensor, expected)
+        assert tensor.dtype == expected.dtype
+        assert torch.equal(metadata["index"], expected_metadata["index"])
+        assert metadata["name"] == expected_metadata["name"]
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_kept_batches_are_never_overwritten(workers: int) -> None:
+    loader = _loader(workers, BatchCollator(workers, workers > 0), shuffle=True)
+    for _ in range(3):  # buffers are recycled across epochs while we keep some batches
+        kept = list(loader)
+        # A view of a batch keeps its buffer busy too.
+        first_rows = [(tensor[0], metadata["index"][:1]) for tensor, metadata in loader]
+        for tensor, metadata in kept:
+            assert torch.equal(tensor, _expected(metadata["index"]))
+        for row, index in first_rows:
+            assert torch.equal(row, _expected(index)[0])
+
+
+def test_buffers_are_reused_when_released() -> None:
+    collator = BatchCollator(0, persistent_workers=False)
+    loader = _loader(0, collator)
+    pointers = set()
+    for _ in range(3):
+        for tensor, metadata in loader:
+            assert torch.equal(tensor, _expected(metadata["index"]))
+            pointers.add(tensor.untyped_storage().data_ptr())
+    # Each batch was released before the next: one or two buffers serve every batch
+    # (the last, smaller batch may need its own).
+    assert len(pointers) <= 2
+
+
+def test_in_place_changes_stay_in_the_callers_batch() -> None:
+    loader = _loader(0, BatchCollator(0, persistent_workers=False))
+    first_epoch = []
+    for tensor, _ in loader:
+        tensor.mul_(0)  # the user owns the batch while holding it
+        first_epoch.append(tensor)
+    for tensor, metadata in loader:
+        assert torch.equal(tensor, _expected(metadata["index"]))
+    assert all(not tensor.any() for tensor in first_epoch)
+
+
+def test_unlike_samples_fall_back_to_default_collate() -> None:
+    collator = BatchCollator(0, persistent_workers=False)
+    ragged = [(torch.zeros(2), {"a": 1}), (torch.zeros(3), {"a": 2})]
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        collator(ragged)  # exactly default_collate's own error
+    plain = [torch.ones(2), torch.ones(2)]
+    assert torch.equal(collator(plain), torch.ones(2, 2))
