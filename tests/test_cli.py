@@ -23,9 +23,10 @@ from _cli_helpers import (
 from shardcache.cli import main, parse_duration, parse_size
 from shardcache.store import CacheDataset, CacheRoot
 from shardcache.store.format import LAST_USED_NAME, Manifest
-from shardcache.store.inventory import Lease, format_size, lease_held
+from shardcache.store.inventory import Lease, lease_held
 from shardcache.store.lock import BuildLock
 from shardcache.store.shardfile import file_digest
+from shardcache.units import format_size
 
 BIN = Path(sys.executable).parent
 TRAIN = range(40)  # 5 shards of 8 samples

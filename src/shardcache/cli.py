@@ -29,13 +29,13 @@ from .store.inventory import (
     PUBLISHED,
     CacheEntry,
     empty_trash,
-    format_size,
     label_counts,
     remove,
     scan,
     verify_cache,
 )
 from .store.layout import ENVIRONMENT_VARIABLE, resolve_cache_dir
+from .units import format_size
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
