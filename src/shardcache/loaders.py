@@ -125,7 +125,15 @@ def read_csv_split(path: str | PathLike[str], *, subset_column: str = "split") -
         if reader.fieldnames is None or subset_column not in reader.fieldnames:
             raise SplitError(f"{source}: the header has no {subset_column!r} column")
         columns = [name for name in reader.fieldnames if name != subset_column]
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num  # counts physical lines, as an editor shows them
+            if None in row or None in row.values():  # DictReader's fill for extra/missing cells
+                cells = sum(value is not None for key, value in row.items() if key is not None)
+                cells += len(row.get(None) or ())
+                raise SplitError(
+                    f"{source}:{line}: {cells} cells, but the header has "
+                    f"{len(reader.fieldnames)} columns"
+                )
             subset = row[subset_column]
             if not subset:
                 raise SplitError(f"{source}:{line}: empty {subset_column!r} cell")
