@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import CacheDirError, CorruptCacheError
 from ..typing import RawDataLoader
 from .explain import explain_miss
-from .format import DEFAULT_SHARD_BYTES
-from .key import CacheKey, cache_key
+from .format import DEFAULT_SHARD_BYTES, MANIFEST_NAME
+from .key import KEY_CHARS_IN_NAME, CacheKey, cache_key
 from .layout import CacheRoot
 from .lock import DEFAULT_LOCK_TIMEOUT, BuildLock
 from .reader import CacheDataset
@@ -31,7 +31,24 @@ def _open_published(root: CacheRoot, key: CacheKey) -> CacheDataset | None:
         CorruptCacheError: it exists but fails a check.
     """
     path = root.find(key.digest)
-    return None if path is None else CacheDataset(path)
+    return None if path is None else _open_checked(path, key)
+
+
+def _open_checked(path: Path, key: CacheKey) -> CacheDataset:
+    """Open ``path``, a published cache, and check that its manifest is ``key``'s.
+
+    A directory's name holds only 96 bits of the key: one copied or renamed by hand, or
+    holding another cache's manifest, would otherwise serve another split's samples.
+    """
+    dataset = CacheDataset(path)
+    if dataset.manifest.key != key.digest:
+        manifest = path / MANIFEST_NAME
+        raise CorruptCacheError(
+            f"{manifest}: manifest is for key {dataset.manifest.key[:KEY_CHARS_IN_NAME]}..., "
+            f"not {key.short}... (was the directory copied or renamed?)",
+            path=manifest,
+        )
+    return dataset
 
 
 def _prepare_directory(path: Path) -> None:
@@ -67,8 +84,18 @@ def discard(root: CacheRoot, path: Path) -> None:
     shutil.rmtree(moved, ignore_errors=True)
 
 
+def _empty_trash(root: CacheRoot) -> None:
+    """Delete what a process killed inside `discard` left in ``.trash``.
+
+    Safe beside a live `discard`: both delete with ``ignore_errors``.
+    """
+    with contextlib.suppress(OSError):
+        for entry in root.trash().iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def ensure_cache(
-    cache_dir: Path,
+    cache_dir: str | os.PathLike[str],
     subset: str,
     items: Sequence[Any],
     loader: RawDataLoader,
@@ -83,24 +110,32 @@ def ensure_cache(
     a damaged one is discarded and rebuilt, or, when it cannot be removed, refused with an
     error naming the file.
     """
-    root = CacheRoot(cache_dir)
+    root = CacheRoot(Path(cache_dir))  # a str too: scripts without Lightning pass one
     key = cache_key(subset, items, loader)
     name = root.cache_name(subset, key.digest)
+    damage: CorruptCacheError | None = None
     try:
         opened = _open_published(root, key)
     except CorruptCacheError as error:
+        damage = error
         logger.warning("cache %s is damaged and will be rebuilt: %s", name, error)
     else:
         if opened is not None:
             return opened
         logger.info("%s", explain_miss(root, subset, key, items))
-    _prepare_directory(root.path)
+    try:
+        _prepare_directory(root.path)
+    except CacheDirError as error:
+        if damage is None:
+            raise
+        # Name the damaged file, not only the directory that keeps us from rebuilding it.
+        raise CacheDirError(f"{damage}; it cannot be rebuilt: {error}") from damage
     with BuildLock(root.lock(key.digest), name, lock_timeout) as lock:
         # Another process may have built it while we waited for the lock.
         existing = root.find(key.digest)
         if existing is not None:
             try:
-                return CacheDataset(existing)
+                return _open_checked(existing, key)
             except CorruptCacheError as error:
                 logger.warning("discarding damaged cache %s: %s", existing.name, error)
                 try:
@@ -110,6 +145,7 @@ def ensure_cache(
         leftover = root.path / name
         if leftover.exists():  # a directory of that name without a valid manifest
             discard(root, leftover)
+        _empty_trash(root)
         path = build(
             root_path=root.path,
             staging=root.staging(key.digest),

@@ -53,7 +53,9 @@ def items_digest(subset: str, items: Sequence[Any]) -> str:
     hasher.update(b"[")
     for index, item in enumerate(items):
         try:
-            text = canonical_json(item)
+            # Encoding inside the try: a lone surrogate (json.loads accepts "\\ud800") cannot
+            # be UTF-8 encoded, and must be a SplitError naming the item, not a bare one.
+            data = canonical_json(item).encode()
         except (TypeError, ValueError) as error:
             raise SplitError(
                 f"{describe(subset, index, item)}: split items must be JSON values (str, "
@@ -63,7 +65,7 @@ def items_digest(subset: str, items: Sequence[Any]) -> str:
             ) from error
         if index:
             hasher.update(b",")
-        hasher.update(text.encode())
+        hasher.update(data)
     hasher.update(b"]")
     return hasher.hexdigest()
 

@@ -80,12 +80,15 @@ class _OpenShard:
         record = self.header.records[position]
         tensors = self.header.tensors
         tensor = self.tensor(tensors[str(index)])
-        plain = record["metadata"]
+        plain = fresh_metadata(record["metadata"])
         if "tensors" not in record:
-            return tensor, fresh_metadata(plain)
+            return tensor, plain
+        # Views added after the copy: fresh_metadata deep-copies when a value is a list or
+        # dict, and would copy the tensors (a segmentation mask) along with it.
         extra = {name: self.tensor(tensors[f"{index}/{name}"]) for name in record["tensors"]}
-        merged = {name: extra[name] if name in extra else plain[name] for name in record["order"]}
-        return tensor, fresh_metadata(merged)
+        return tensor, {
+            name: extra[name] if name in extra else plain[name] for name in record["order"]
+        }
 
 
 class CacheDataset(Dataset[Sample]):

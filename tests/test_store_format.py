@@ -1,0 +1,186 @@
+"""The on-disk format, pinned byte for byte: an accidental format change fails here.
+
+A deliberate change bumps ``FORMAT_VERSION`` and updates these golden values together.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from _store_helpers import dataset_differences, sample_differences
+from shardcache import __version__
+from shardcache.datasets import RawDataset
+from shardcache.store import FORMAT_VERSION, CacheDataset, Manifest, ensure_cache
+from shardcache.store.shardfile import file_digest
+
+ITEMS = [["a", 0], ["b", 1]]
+
+
+class GoldenLoader:
+    """A fixed tiny sample pair: a uint8 image with a bool mask, a float32 vector with JSON."""
+
+    def sample(self, item: list[Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        if item[0] == "a":
+            mask = torch.tensor([True, False])
+            return torch.tensor([[1, 2], [3, 4]], dtype=torch.uint8), {
+                "label": 0,
+                "mask": mask,
+                "name": "a",
+            }
+        return torch.tensor([1.5, -2.0]), {
+            "label": 1,
+            "name": "b",
+            "score": 0.25,
+            "tags": ["x", None],
+        }
+
+    def label(self, item: list[Any]) -> int:
+        return int(item[1])
+
+    def fingerprint(self) -> str:
+        return "golden-1"
+
+
+GOLDEN_KEY = "4259bb425bc1e461d771f0020571c06858bc0fd3fc07288b31f59d74b3ecce90"
+GOLDEN_DIGEST = "e2054bca7dac7944fefb29163fee425d"  # xxh3-128 of the whole shard file
+GOLDEN_SHARD = f"shard-000000000-000000002-{GOLDEN_DIGEST}.safetensors"
+GOLDEN_RECORDS = (
+    '{"format_version":1,"start":0,"stop":2,"samples":['
+    '{"label":0,"metadata":{"label":0,"name":"a"},"tensors":["mask"],'
+    '"order":["label","mask","name"]},'
+    '{"label":1,"metadata":{"label":1,"name":"b","score":0.25,"tags":["x",null]}}]}'
+)
+GOLDEN_HEADER = (
+    '{"1":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+    '"0":{"dtype":"U8","shape":[2,2],"data_offsets":[8,12]},'
+    '"0/mask":{"dtype":"BOOL","shape":[2],"data_offsets":[12,14]},'
+    '"__metadata__":{"shardcache":' + json.dumps(GOLDEN_RECORDS) + "}}"
+).encode() + b" " * 6  # spaces pad the header so that tensor data starts 8-byte aligned
+# float32 [1.5, -2.0] of sample 1, then uint8 [[1, 2], [3, 4]] and bool [True, False] of 0
+GOLDEN_DATA = bytes.fromhex("0000c03f000000c0" + "01020304" + "0100")
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> CacheDataset:
+    return ensure_cache(tmp_path / "cache", "train", ITEMS, GoldenLoader())
+
+
+def test_the_cache_directory_holds_exactly_the_format_files(cache: CacheDataset) -> None:
+    assert cache.path.name == f"train-{GOLDEN_KEY[:24]}"
+    names = sorted(path.name for path in cache.path.iterdir())
+    assert names == sorted(["items.json", "last-used", "manifest.json", GOLDEN_SHARD])
+    assert (cache.path / "items.json").read_text() == '[["a",0],["b",1]]'
+
+
+def test_the_shard_bytes_are_pinned(cache: CacheDataset) -> None:
+    raw = (cache.path / GOLDEN_SHARD).read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+
+    assert raw[:8] == struct.pack("<Q", len(GOLDEN_HEADER))
+    assert raw[8 : 8 + length] == GOLDEN_HEADER
+    assert raw[8 + length :] == GOLDEN_DATA
+    assert (8 + length) % 8 == 0
+    assert file_digest(cache.path / GOLDEN_SHARD) == GOLDEN_DIGEST
+
+
+def test_the_manifest_schema_is_pinned(cache: CacheDataset) -> None:
+    manifest = json.loads((cache.path / "manifest.json").read_text())
+
+    assert sorted(manifest) == [
+        "created",
+        "extra",
+        "format",
+        "format_version",
+        "key",
+        "key_inputs",
+        "labels",
+        "library_version",
+        "num_samples",
+        "shards",
+        "subset",
+    ]
+    created = manifest.pop("created")
+    assert datetime.fromisoformat(created).tzinfo is not None
+    assert manifest == {
+        "extra": {},
+        "format": "shardcache",
+        "format_version": 1,
+        "key": GOLDEN_KEY,
+        "key_inputs": {
+            "format_version": 1,
+            "items_sha256": "d961c692d55a5398569b91f00bbd703f26629ff3e0fa4f491a3d675559f931f0",
+            "loader": {"fingerprint": "golden-1"},
+            "num_items": 2,
+        },
+        "labels": [0, 1],
+        "library_version": __version__,
+        "num_samples": 2,
+        "shards": [
+            {
+                "bytes": 8 + len(GOLDEN_HEADER) + len(GOLDEN_DATA),
+                "file": GOLDEN_SHARD,
+                "start": 0,
+                "stop": 2,
+                "xxh3_128": GOLDEN_DIGEST,
+            }
+        ],
+        "subset": "train",
+    }
+    assert FORMAT_VERSION == 1
+
+
+def test_a_loader_without_fingerprint_records_class_source_and_attributes(tmp_path: Path) -> None:
+    class Plain(GoldenLoader):
+        fingerprint = None  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.size = 2
+            self._private = object()
+
+    dataset = ensure_cache(tmp_path / "cache", "train", ITEMS, Plain())
+    loader = json.loads((dataset.path / "manifest.json").read_text())["key_inputs"]["loader"]
+
+    assert sorted(loader) == ["attributes", "class", "source_sha256"]
+    assert loader["class"] == f"{__name__}.{Plain.__qualname__}"
+    assert loader["attributes"] == {"size": 2}
+    assert re.fullmatch(r"[0-9a-f]{64}", loader["source_sha256"])
+
+
+def test_the_manifest_reads_back_as_written(cache: CacheDataset) -> None:
+    manifest = Manifest.read(cache.path / "manifest.json")
+
+    assert manifest == cache.manifest
+    assert manifest.to_json() == (cache.path / "manifest.json").read_text()
+    assert manifest.total_bytes == (cache.path / GOLDEN_SHARD).stat().st_size
+
+
+def test_any_safetensors_reader_opens_a_shard(cache: CacheDataset) -> None:
+    path = cache.path / GOLDEN_SHARD
+    with safe_open(str(path), "pt") as shard:
+        keys = sorted(shard.keys())
+        tensors = {name: shard.get_tensor(name) for name in keys}
+        records = json.loads(shard.metadata()["shardcache"])
+
+    assert keys == ["0", "0/mask", "1"]
+    (first, first_metadata), second = cache[0], cache[1]
+    from_safetensors = (tensors["0"], {**first_metadata, "mask": tensors["0/mask"]})
+    assert sample_differences((first, first_metadata), from_safetensors) == []
+    assert sample_differences(second, (tensors["1"], second[1])) == []
+    assert [record["metadata"]["name"] for record in records["samples"]] == ["a", "b"]
+    loaded = load_file(str(path))
+    assert all(torch.equal(loaded[name], tensors[name]) for name in keys)
+
+
+def test_the_cache_serves_what_the_loader_returned(cache: CacheDataset) -> None:
+    assert dataset_differences(RawDataset("train", ITEMS, GoldenLoader()), cache) == []
+    assert cache.labels() == [0, 1]
