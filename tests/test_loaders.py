@@ -168,9 +168,12 @@ def test_read_csv_split(tmp_path: Path) -> None:
     path = tmp_path / "protocol.csv"
     path.write_text(
         "split,path,label,weight\ntrain,a.png,0,0.5\nvalidation,c.png,1,1\ntrain,b.png,1,\n"
+        "train,0001,-2,nan\n"
     )
+    # Plain integers become ints (labels); everything else stays as written, so an id
+    # like "0001" keeps its zeros and "nan" never reaches the key as a float.
     assert read_csv_split(path) == {
-        "train": [["a.png", 0, 0.5], ["b.png", 1, ""]],
+        "train": [["a.png", 0, "0.5"], ["b.png", 1, ""], ["0001", -2, "nan"]],
         "validation": [["c.png", 1, 1]],
     }
 

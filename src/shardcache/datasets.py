@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .decoding import decode, read_label
-from .samples import check_sample, fresh_metadata
+from .samples import check_sample, describe, fresh_metadata
 from .typing import RawDataLoader, Sample, Transform
 
 
@@ -39,7 +39,13 @@ class RawDataset(Dataset[Sample]):
 
     def __getitem__(self, index: int) -> Sample:
         item = self.items[index]
-        value = self.loader.sample(item)
+        try:
+            value = self.loader.sample(item)
+        except Exception as error:
+            # The loader's own exception type, with the item it failed on (Python >= 3.11).
+            if hasattr(error, "add_note"):
+                error.add_note(f"while decoding {describe(self.subset, index, item)}")
+            raise
         return check_sample(value, subset=self.subset, index=index, item=item)
 
     def labels(self) -> list[int | None]:

@@ -103,20 +103,19 @@ def read_json_split(path: str | PathLike[str]) -> DatabaseSplit:
     return _check_split(split, source)
 
 
-def _cell(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
+def _cell(text: str) -> int | str:
+    """An integer cell as int (labels); anything else, ``"0001"`` included, as written."""
+    stripped = text.strip()
+    if stripped.lstrip("-").isdigit() and str(int(stripped)) == stripped:
+        return int(stripped)
     return text
 
 
 def read_csv_split(path: str | PathLike[str], *, subset_column: str = "split") -> DatabaseSplit:
     """Read a CSV protocol with a header row; ``subset_column`` names each row's subset.
 
-    Each row becomes the item ``[other columns in order]``; cells that read as numbers
-    become numbers (so ``a.png,1`` gives ``["a.png", 1]``).
+    Each row becomes the item ``[other columns in order]``; cells written as plain integers
+    become ints (so ``a.png,1`` gives ``["a.png", 1]``), every other cell stays a string.
     """
     source = Path(path)
     split: dict[str, list[Any]] = {}

@@ -42,6 +42,7 @@ def _open_checked(path: Path, key: CacheKey) -> CacheDataset:
     """
     dataset = CacheDataset(path)
     if dataset.manifest.key != key.digest:
+        dataset.close()
         manifest = path / MANIFEST_NAME
         raise CorruptCacheError(
             f"{manifest}: manifest is for key {dataset.manifest.key[:KEY_CHARS_IN_NAME]}..., "

@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -96,8 +97,14 @@ def _jsonable(value: Any, where: str) -> Any:
     raise FingerprintError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}")
 
 
+_SOURCE_DIGESTS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+"""Per class: ``inspect.getsource`` re-parses the module (~10 ms), once is enough."""
+
+
 def _class_source_digest(cls: type) -> str:
-    """SHA-256 over the source of ``cls`` and its Python-defined bases."""
+    """SHA-256 over the source of ``cls`` and its Python-defined bases (cached per class)."""
+    if cls in _SOURCE_DIGESTS:
+        return _SOURCE_DIGESTS[cls]
     hasher = hashlib.sha256()
     for klass in cls.__mro__:
         if klass.__module__ in {"builtins", "typing", "typing_extensions", "abc"}:
@@ -112,7 +119,8 @@ def _class_source_digest(cls: type) -> str:
                 ) from error
             source = f"{klass.__module__}.{klass.__qualname__}"
         hasher.update(source.encode())
-    return hasher.hexdigest()
+    digest = _SOURCE_DIGESTS[cls] = hasher.hexdigest()
+    return digest
 
 
 def loader_identity(loader: object) -> dict[str, Any]:

@@ -51,13 +51,11 @@ class _OpenShard:
                 path=path,
             )
         self.storage: torch.UntypedStorage | None = None
-        self.file: Any = None
+        self.path = path
         if use_mmap:
             # shared=False maps MAP_PRIVATE: reads share the page cache, writes copy a page.
             mapped = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=info.bytes)
             self.storage = cast(torch.UntypedStorage, mapped)
-        else:
-            self.file = path.open("rb", buffering=0)
 
     def tensor(self, entry: TensorEntry) -> torch.Tensor:
         """A view of the mapping (or, without mmap, a fresh tensor read from the file)."""
@@ -70,9 +68,11 @@ class _OpenShard:
             return view_of(window, 0, entry.shape, entry.dtype)
         tensor = torch.empty(entry.shape, dtype=entry.dtype)
         buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
-        read = os.preadv(self.file.fileno(), [buffer], entry.begin)
+        # Opened per read: no descriptor outlives the call, so nothing needs closing.
+        with self.path.open("rb", buffering=0) as stream:
+            read = os.preadv(stream.fileno(), [buffer], entry.begin)
         if read != entry.end - entry.begin:
-            raise CorruptCacheError(f"{self.file.name}: short read of a tensor")
+            raise CorruptCacheError(f"{self.path}: short read of a tensor", path=self.path)
         return tensor
 
     def sample(self, index: int) -> Sample:
@@ -176,9 +176,6 @@ class CacheDataset(Dataset[Sample]):
 
     def close(self) -> None:
         """Drop this process's mappings and lease (tensors already served stay valid)."""
-        for shard in self._shards or ():
-            if shard.file is not None:
-                shard.file.close()
         self._shards = None
         if self._lease is not None:
             self._lease.release()
