@@ -33,6 +33,13 @@ bench: venv
 bench-full: venv
 	$(BIN)/python -m benchmarks.tiers
 
+# Peers on the same workload: LitData and HF datasets (pinned by constraints.txt), and
+# MosaicML Streaming without its dependencies (its own pins make pip backtrack for minutes).
+bench-peers: venv
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[peers]'
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt mosaicml-streaming || true
+	$(BIN)/python -m benchmarks.peers
+
 soak: venv
 	$(BIN)/python -m pytest -m soak -p no:cacheprovider
 
