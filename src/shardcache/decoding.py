@@ -145,7 +145,7 @@ def decode(
         more = len(failures) - len(listed)
         lines = "\n  ".join(listed + ([f"... and {more} more"] if more else []))
         raise BadSamplesError(
-            f"{len(failures)} of {len(chosen)} items of subset {subset!r} could not be "
+            f"{len(failures)} of {len(items)} items of subset {subset!r} could not be "
             f"decoded:\n  {lines}",
             failures=tuple(listed),
         )

@@ -97,38 +97,65 @@ class BuildLock:
     def __enter__(self) -> BuildLock:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
+        # The first attempt does not wait, so that a waiter says at once whom it waits for
+        # (not after WAIT_LOG_INTERVAL, nor never when the timeout is shorter than that).
+        wait = 0.0
         while True:
             try:
-                self._lock.acquire(timeout=min(WAIT_LOG_INTERVAL, self.timeout))
+                self._lock.acquire(timeout=wait)
                 break
             except filelock.Timeout:
                 owner = read_owner(self.owner_path)
                 if self._break_dead_soft_lock(owner):
                     continue
-                if time.monotonic() >= deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise LockTimeoutError(
                         f"gave up after {self.timeout:.0f} s waiting for the build of "
                         f"{self.name}: lock {self.lock_path} is held by "
                         f"{describe_owner(owner)}"
                     ) from None
                 logger.warning(
-                    "waiting for %s, building %s (lock %s)",
+                    "waiting for %s, building %s (lock %s; giving up in %.0f s)",
                     describe_owner(owner),
                     self.name,
                     self.lock_path,
+                    remaining,
                 )
+                # Never past the deadline: lock_timeout is the waiter's own bound.
+                wait = min(WAIT_LOG_INTERVAL, remaining)
+        # Only a holder writes this key's owner file: temporary ones beside it were left by
+        # a holder killed mid-write.
+        for stale in self.owner_path.parent.glob(f".tmp-*-{self.owner_path.name}"):
+            stale.unlink(missing_ok=True)
         self._owner = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "name": self.name,
         }
-        write_atomically(self.owner_path, json.dumps(self._owner).encode(), durable=False)
+        self._write_owner()
         return self
+
+    def _write_owner(self) -> None:
+        """Best effort: the owner file only informs waiters.
+
+        A full disk must not fail the build for it, nor (raised from ``__enter__``) leave
+        the lock taken with no ``__exit__`` to release it.
+        """
+        try:
+            write_atomically(self.owner_path, json.dumps(self._owner).encode(), durable=False)
+        except OSError as error:
+            logger.debug("cannot update the lock owner file %s: %s", self.owner_path, error)
 
     def _break_dead_soft_lock(self, owner: dict[str, Any] | None) -> bool:
         """Remove a soft lock whose owner died on this host; fcntl locks need no help."""
         if not isinstance(self._lock, filelock.SoftFileLock) or owner is None:
+            return False
+        if getattr(self._lock, "pid", None) is not None:
+            # The lock file names its holder (filelock >= 3.22), and filelock breaks it when
+            # that holder died; our owner file may still name a dead earlier holder while a
+            # live one has just taken the lock, and must not break it.
             return False
         if owner.get("host") != socket.gethostname() or _pid_alive(int(owner.get("pid", 0))):
             return False
@@ -143,7 +170,7 @@ class BuildLock:
             return
         self._last_progress = now
         self._owner.update(done=done, total=total)
-        write_atomically(self.owner_path, json.dumps(self._owner).encode(), durable=False)
+        self._write_owner()
 
     def __exit__(
         self,
@@ -151,5 +178,7 @@ class BuildLock:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.owner_path.unlink(missing_ok=True)
-        self._lock.release()
+        try:
+            self.owner_path.unlink(missing_ok=True)
+        finally:
+            self._lock.release()

@@ -29,6 +29,7 @@ from .._version import __version__
 from ..decoding import Decoded, decode
 from ..errors import CorruptCacheError, InsufficientSpaceError
 from ..typing import RawDataLoader
+from ..units import format_size
 from .atomic import fsync_directory, temporary_name, write_atomically
 from .format import ITEMS_NAME, MANIFEST_NAME, SHARD_NAME, Manifest, ShardInfo, shard_name
 from .key import CacheKey, canonical_json
@@ -96,11 +97,15 @@ class _ShardWriter:
         needed = int(self._seen_bytes / self._seen * self.samples_to_write * SPACE_MARGIN)
         free = shutil.disk_usage(self.staging).free
         if needed > free:
+            # Refused: writing what is pending would only fill the disk, and a full disk
+            # there would replace this error (which has the numbers) with ENOSPC.
+            self._pending = []
+            self._pending_bytes = 0
             raise InsufficientSpaceError(
                 f"not enough free space to build the cache in {self.staging.parent.parent}: "
-                f"needs about {_human(needed)} ({self.samples_to_write} samples of about "
-                f"{_human(self._seen_bytes // self._seen)}), {_human(free)} free. Free some "
-                "space (`shardcache prune`), or set cache_dir / SHARDCACHE_DIR elsewhere"
+                f"needs about {format_size(needed)} ({self.samples_to_write} samples of about "
+                f"{format_size(self._seen_bytes // self._seen)}), {format_size(free)} free. "
+                "Free some space (`shardcache prune`), or set cache_dir / SHARDCACHE_DIR elsewhere"
             )
 
     def _submit(self) -> None:
@@ -134,15 +139,8 @@ class _ShardWriter:
             temporary.replace(final)
         except BaseException as error:
             temporary.unlink(missing_ok=True)
-            if isinstance(error, OSError) and error.errno in {errno.ENOSPC, errno.EDQUOT}:
-                space = InsufficientSpaceError(
-                    f"no space left on device while writing samples [{start}, {stop}) to "
-                    f"{self.staging}: {_human(shutil.disk_usage(self.staging).free)} free. "
-                    "Completed shards stay there for the next build to resume "
-                    "(`shardcache clear` removes them)"
-                )
-                space.errno = error.errno
-                raise space from error
+            if isinstance(error, OSError) and error.errno in NO_SPACE:
+                raise _no_space(error, f"samples [{start}, {stop})", self.staging) from error
             raise
         logger.debug("wrote %s (%d samples, %d bytes)", final.name, stop - start, size)
         info = ShardInfo(file=final.name, start=start, stop=stop, bytes=size, xxh3_128=digest)
@@ -158,12 +156,19 @@ class _ShardWriter:
             raise self._error
 
 
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    raise AssertionError("unreachable")
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The errnos of a full filesystem or an exhausted quota."""
+
+
+def _no_space(error: OSError, what: str, staging: Path) -> InsufficientSpaceError:
+    """The error for a full disk while writing ``what``, naming the directory and free space."""
+    space = InsufficientSpaceError(
+        f"no space left on device while writing {what} to {staging}: "
+        f"{format_size(shutil.disk_usage(staging).free)} free. Completed shards stay there for "
+        "the next build to resume (`shardcache clear` removes them)"
+    )
+    space.errno = error.errno
+    return space
 
 
 def _reusable_shards(staging: Path, num_items: int) -> list[_Shard]:
@@ -206,6 +211,21 @@ def _missing_indices(num_items: int, shards: Iterable[_Shard]) -> list[int]:
     return [index for index, done in enumerate(covered) if not done]
 
 
+def _make_staging(staging: Path) -> None:
+    """Create ``staging`` and its parent, ``.staging``.
+
+    Another key's build removes ``.staging`` when it is empty (`ensure_cache` tidies up);
+    if that lands between our creating it and creating ``staging`` in it, try again.
+    """
+    for _ in range(10):
+        try:
+            staging.mkdir(parents=True, exist_ok=True)
+        except FileNotFoundError:
+            continue
+        return
+    staging.mkdir(parents=True, exist_ok=True)
+
+
 def build(
     *,
     root_path: Path,
@@ -220,7 +240,7 @@ def build(
     shard_bytes: int,
 ) -> Path:
     """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
-    staging.mkdir(parents=True, exist_ok=True)
+    _make_staging(staging)
     reused = _reusable_shards(staging, len(items))
     missing = _missing_indices(len(items), reused)
     if reused:
@@ -258,9 +278,18 @@ def build(
         library_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    write_atomically(staging / ITEMS_NAME, canonical_json(list(items)).encode())
     # The manifest goes last: its presence is what makes the directory a cache.
-    write_atomically(staging / MANIFEST_NAME, manifest.to_json().encode())
+    for file_name, text in (
+        (ITEMS_NAME, canonical_json(list(items))),
+        (MANIFEST_NAME, manifest.to_json()),
+    ):
+        try:
+            write_atomically(staging / file_name, text.encode())
+        except OSError as error:
+            # A disk that fills up after the last shard must still give the clear error.
+            if error.errno in NO_SPACE:
+                raise _no_space(error, file_name, staging) from error
+            raise
     fsync_directory(staging)
     final = root_path / name
     staging.rename(final)  # one atomic step from "building" to "published"

@@ -1,0 +1,305 @@
+"""Damaged caches: detected cheaply at open and rebuilt, or refused naming the file.
+
+Opening a published cache reads its manifest and checks every shard's size and the format
+version; those lies are caught at once and `ensure_cache` (and so the DataModule) logs why
+and rebuilds. Bytes flipped inside tensor data keep every size, so they are not caught at
+open, by design (no full read at open): ``shardcache verify`` compares each shard's
+checksum, and `file_digest` here shows that it would differ. Shards left in a staging
+directory by a dead build are checked (range, header, checksum) before a resume reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import xxhash
+
+from _fault_helpers import (
+    CRASH_EXIT,
+    N_ITEMS,
+    SHARD_BYTES,
+    SizedLoader,
+    SlowLoader,
+    child_spec,
+    count_decodes,
+    dataset_digest,
+    leftovers,
+    make_items,
+    published,
+    reference_digest,
+    reference_sample,
+    sized_sample,
+    staged_samples,
+    start_fork,
+)
+from shardcache.errors import CorruptCacheError
+from shardcache.store import CacheDataset, ensure_cache
+from shardcache.store.format import MANIFEST_NAME, SHARD_NAME, Manifest, shard_name
+from shardcache.store.shardfile import file_digest, read_header
+
+REFERENCE = reference_digest(make_items())
+
+
+def _ensure(cache_dir: Path, count_file: Path, tag: str, items: list | None = None) -> CacheDataset:
+    loader = SlowLoader(count_file, tag=tag)
+    items = make_items() if items is None else items
+    return ensure_cache(cache_dir, "train", items, loader, shard_bytes=SHARD_BYTES)
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Path:
+    """A published cache of the test items, built in ``tmp_path / "cache"``."""
+    _ensure(tmp_path / "cache", tmp_path / "decodes.log", "build").close()
+    [path] = published(tmp_path / "cache")
+    return path
+
+
+def _shard(path: Path, position: int) -> Path:
+    manifest = Manifest.read(path / MANIFEST_NAME)
+    return path / manifest.shards[position].file
+
+
+def _truncate_shard(path: Path) -> Path:
+    shard = _shard(path, 3)
+    with shard.open("r+b") as stream:
+        stream.truncate(shard.stat().st_size - 100)
+    return shard
+
+
+def _delete_shard(path: Path) -> Path:
+    shard = _shard(path, 5)
+    shard.unlink()
+    return shard
+
+
+def _garbage_manifest(path: Path) -> Path:
+    (path / MANIFEST_NAME).write_bytes(bytes(range(256)) * 4)
+    return path / MANIFEST_NAME
+
+
+def _truncated_manifest(path: Path) -> Path:
+    manifest = path / MANIFEST_NAME
+    manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 2])
+    return manifest
+
+
+def _empty_manifest(path: Path) -> Path:
+    (path / MANIFEST_NAME).write_bytes(b"")
+    return path / MANIFEST_NAME
+
+
+def _future_format(path: Path) -> Path:
+    manifest = path / MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    data["format_version"] = 99
+    manifest.write_text(json.dumps(data))
+    return manifest
+
+
+def _wrong_size_in_manifest(path: Path) -> Path:
+    manifest = path / MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    data["shards"][2]["bytes"] += 8
+    manifest.write_text(json.dumps(data))
+    return path / data["shards"][2]["file"]
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "truncated shard": (_truncate_shard, "shard is {size} bytes, the manifest says"),
+    "deleted shard": (_delete_shard, "shard is missing"),
+    "garbage manifest": (_garbage_manifest, "manifest cannot be read"),
+    "truncated manifest": (_truncated_manifest, "manifest is not valid JSON"),
+    "empty manifest": (_empty_manifest, "manifest is not valid JSON"),
+    "format_version 99": (_future_format, "unsupported cache format version 99"),
+    "shard size lie in manifest": (_wrong_size_in_manifest, "the manifest says"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damage_detected_at_open_is_rebuilt(
+    built: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    corrupt, expected = DAMAGE[damage]
+    damaged = corrupt(built)
+    if damaged.exists():
+        expected = expected.format(size=damaged.stat().st_size)
+    caplog.set_level(logging.WARNING, logger="shardcache")
+    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "rebuild")
+    assert dataset_digest(dataset) == REFERENCE
+    assert count_decodes(tmp_path / "decodes.log", "rebuild") == N_ITEMS
+    # Logged: which cache, which file, what is wrong with it.
+    [warning] = [r.message for r in caplog.records if "will be rebuilt" in r.message]
+    assert f"cache {built.name} is damaged and will be rebuilt: {damaged}: " in warning
+    assert expected in warning, warning
+    dataset.close()
+    assert _ensure(tmp_path / "cache", tmp_path / "decodes.log", "after").manifest.key
+    assert count_decodes(tmp_path / "decodes.log", "after") == 0
+    assert leftovers(tmp_path / "cache") == []
+    assert [p.name for p in published(tmp_path / "cache")] == [built.name]
+
+
+def test_a_cache_directory_renamed_from_another_key_is_not_served(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    ours = _ensure(cache_dir, tmp_path / "decodes.log", "ours")
+    theirs = _ensure(cache_dir, tmp_path / "decodes.log", "theirs", make_items(prefix="scan"))
+    ours_path, theirs_path = ours.path, theirs.path
+    ours.close()
+    theirs.close()
+    shutil.rmtree(ours_path)
+    theirs_path.rename(ours_path)  # by hand, or a botched copy: the name says "ours"
+    dataset = _ensure(cache_dir, tmp_path / "decodes.log", "again")
+    assert dataset_digest(dataset) == REFERENCE
+    assert count_decodes(tmp_path / "decodes.log", "again") == N_ITEMS
+
+
+def test_flipped_tensor_bytes_are_left_to_verify(built: Path, tmp_path: Path) -> None:
+    shard = _shard(built, 4)
+    header = read_header(shard)
+    first = header.tensors[str(header.start)]
+    with shard.open("r+b") as stream:
+        stream.seek(first.begin + 5)
+        byte = stream.read(1)
+        stream.seek(first.begin + 5)
+        stream.write(bytes([byte[0] ^ 0xFF]))
+    # Not detected at open (sizes hold; no data is read), by design: no decode happens...
+    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "open")
+    assert count_decodes(tmp_path / "decodes.log", "open") == 0
+    served, _ = dataset[header.start]
+    expected, _ = reference_sample(make_items()[header.start])
+    assert not torch.equal(served.view(torch.uint8), expected.view(torch.uint8))
+    dataset.close()
+    # ...but the shard's checksum, which `shardcache verify` compares, no longer matches.
+    entry = next(s for s in Manifest.read(built / MANIFEST_NAME).shards if s.file == shard.name)
+    assert file_digest(shard) != entry.xxh3_128
+    assert SHARD_NAME.match(shard.name)[3] == entry.xxh3_128  # type: ignore[index]
+
+
+def test_a_damaged_shard_header_fails_the_first_read_naming_the_file(
+    built: Path, tmp_path: Path
+) -> None:
+    shard = _shard(built, 1)
+    data = shard.read_bytes()
+    assert b'"data_offsets"' in data
+    shard.write_bytes(data.replace(b'"data_offsets"', b'"data_offsetz"', 1))  # same size
+    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "open")
+    with pytest.raises(CorruptCacheError, match=f"^{shard}: tensor .* malformed entry"):
+        dataset[0]  # the first read in a process opens every shard
+    assert count_decodes(tmp_path / "decodes.log", "open") == 0
+
+
+@pytest.mark.slow
+def test_datamodule_rebuilds_a_damaged_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shardcache import CachingDataModule
+
+    items = make_items(12)
+    split = {"train": items, "test": items[:4]}
+    count_file = tmp_path / "decodes.log"
+
+    def module(tag: str) -> CachingDataModule:
+        loader = SizedLoader(count_file, small=4096, large=4096, tag=tag)
+        return CachingDataModule(
+            split, loader, cache="disk", cache_dir=tmp_path / "cache", shard_bytes=8192
+        )
+
+    module("build").prepare_data()
+    train = next(p for p in published(tmp_path / "cache") if p.name.startswith("train-"))
+    _truncate_shard(train)
+    caplog.set_level(logging.WARNING, logger="shardcache")
+    datamodule = module("rebuild")
+    datamodule.prepare_data()
+    assert count_decodes(count_file, "rebuild") == len(items)  # train only; test was intact
+    assert any(f"cache {train.name} is damaged" in r.message for r in caplog.records)
+    datamodule.setup("fit")
+    for item, (tensor, metadata) in zip(
+        items, datamodule.unshuffled_train_dataloader(), strict=True
+    ):
+        expected, _ = sized_sample(item, 4096, 4096, 0)
+        assert torch.equal(tensor[0].view(torch.uint8), expected.view(torch.uint8))
+        assert int(metadata["label"]) == item[1]
+    datamodule.teardown("fit")
+
+
+# ---- staging shards of an interrupted build ---------------------------------------------
+
+
+def _valid_json_wrong_types(staging: Path) -> str:
+    """A genuine safetensors file whose header is valid JSON of the wrong shape."""
+    record = json.dumps({"format_version": 1, "start": 0, "stop": 3, "samples": 5})
+    header = json.dumps({"__metadata__": {"shardcache": record}}).encode()
+    header += b" " * (-(8 + len(header)) % 8)
+    data = struct.pack("<Q", len(header)) + header
+    name = shard_name(0, 3, xxhash.xxh3_128(data).hexdigest())
+    (staging / name).write_bytes(data)
+    return name
+
+
+def test_damaged_staging_shards_are_decoded_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A build dies after writing most shards (the loader exits at its 36th decode).
+    spec = child_spec(tmp_path, "crash", crash_at_decode=36, delay=0.01)
+    assert start_fork(spec).wait() == CRASH_EXIT
+    [staging] = (tmp_path / "cache" / ".staging").iterdir()
+    shards = sorted(staging.glob("shard-*"), key=lambda p: p.name)
+    assert len(shards) >= 8, "the build should have left several shards to resume from"
+
+    def samples(path: Path) -> range:
+        match = SHARD_NAME.match(path.name)
+        return range(int(match[1]), int(match[2]))  # type: ignore[index]
+
+    # 0: a flipped byte in tensor data (the checksum catches it).
+    data = bytearray(shards[0].read_bytes())
+    data[-3] ^= 0x01
+    shards[0].write_bytes(bytes(data))
+    # 1: truncated. 2: garbage under a valid name.
+    shards[1].write_bytes(shards[1].read_bytes()[:-50])
+    shards[2].write_bytes(b"\x00" * shards[2].stat().st_size)
+    # 3: a valid shard renamed to claim other samples.
+    start, stop = samples(shards[3]).start, samples(shards[3]).stop
+    digest = SHARD_NAME.match(shards[3].name)[3]  # type: ignore[index]
+    shards[3].rename(staging / shard_name(start + 1, stop + 1, digest))
+    # 4: a valid-JSON header of the wrong shape, checksum in its name right.
+    fake = _valid_json_wrong_types(staging)
+    # 5: a partial temporary file of a dead writer.
+    (staging / f".tmp-1-abcd-{shards[5].name}").write_bytes(shards[5].read_bytes()[:100])
+    intact = sum(len(samples(shard)) for shard in shards[4:])
+
+    caplog.set_level(logging.WARNING, logger="shardcache")
+    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "resume")
+    assert dataset_digest(dataset) == REFERENCE
+    # Everything not in an intact staged shard is decoded, once.
+    resumed = count_decodes(tmp_path / "decodes.log", "resume")
+    assert resumed == N_ITEMS - intact, (resumed, N_ITEMS, intact)
+    warnings = [r.message for r in caplog.records if "not resuming from a damaged" in r.message]
+    named = {name for name in (s.name for s in shards[:3]) if any(name in w for w in warnings)}
+    assert named == {s.name for s in shards[:3]}
+    assert any(fake in w and "malformed" in w for w in warnings)
+    assert any("range does not match its name" in w for w in warnings)
+    assert leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.slow
+def test_resume_with_another_shard_size_and_overlapping_shards(tmp_path: Path) -> None:
+    spec = child_spec(tmp_path, "crash", crash_at_decode=30, delay=0.01)
+    assert start_fork(spec).wait() == CRASH_EXIT
+    [staging] = (tmp_path / "cache" / ".staging").iterdir()
+    shards = sorted(staging.glob("shard-*"), key=lambda p: p.name)
+    # A copy of shard 1 whose name claims to start one sample earlier overlaps shard 0.
+    spare = staging / "spare"
+    shutil.copy(shards[1], spare)
+    match = SHARD_NAME.match(shards[1].name)
+    staged = staged_samples(tmp_path / "cache")
+    spare.rename(staging / shard_name(int(match[1]) - 1, int(match[2]), match[3]))  # type: ignore[index]
+    loader = SlowLoader(tmp_path / "decodes.log", tag="resume")
+    dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, shard_bytes=8192)
+    assert dataset_digest(dataset) == REFERENCE
+    assert count_decodes(tmp_path / "decodes.log", "resume") == N_ITEMS - staged
