@@ -90,3 +90,12 @@ def test_unlike_samples_fall_back_to_default_collate() -> None:
         collator(ragged)  # exactly default_collate's own error
     plain = [torch.ones(2), torch.ones(2)]
     assert torch.equal(collator(plain), torch.ones(2, 2))
+
+
+def test_non_contiguous_samples_are_copied_correctly() -> None:
+    collator = BatchCollator(0, persistent_workers=False)
+    samples = [(torch.arange(6.0).reshape(2, 3).t() + i, {"i": i}) for i in range(4)]
+    tensor, metadata = collator(samples)
+    expected, expected_metadata = default_collate(samples)
+    assert torch.equal(tensor, expected)
+    assert torch.equal(metadata["i"], expected_metadata["i"])

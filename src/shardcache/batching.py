@@ -26,6 +26,7 @@ DataLoader would run two workers of the same id); other batches are collated as 
 
 from __future__ import annotations
 
+import ctypes
 import math
 import uuid
 import weakref
@@ -53,6 +54,25 @@ def _view(
     storage: torch.UntypedStorage, shape: tuple[int, ...], dtype: torch.dtype
 ) -> torch.Tensor:
     return view_of(storage, 0, shape, dtype)
+
+
+def _stack_into(
+    storage: torch.UntypedStorage, tensors: list[torch.Tensor], shape: tuple[int, ...]
+) -> None:
+    """Copy ``tensors`` one after another into ``storage``, single-threaded.
+
+    ``torch.stack`` splits a large copy over the intra-op threads, and when the CPUs are
+    busy (workers, the model, other jobs) those OpenMP threads wait for each other: here,
+    on 2 busy cores, a 32 MiB stack ran at 0.13 GB/s with 2 threads against 8.3 GB/s with
+    one. ``memmove`` is one thread whatever the settings, and releases the GIL.
+    """
+    if not all(tensor.is_contiguous() for tensor in tensors):
+        torch.stack(tensors, out=_view(storage, shape, tensors[0].dtype))
+        return
+    destination = storage.data_ptr()
+    for tensor in tensors:
+        ctypes.memmove(destination, tensor.data_ptr(), tensor.nbytes)
+        destination += tensor.nbytes
 
 
 class _Buffer:
@@ -148,7 +168,7 @@ class BatchCollator:
         if taken is None:
             return [default_collate(tensors), metadata]
         slot, buffer, is_new = taken
-        torch.stack(tensors, out=_view(buffer.storage, shape, first.dtype))
+        _stack_into(buffer.storage, tensors, shape)
         if worker is None:
             return [self.deliver(slot, None, shape, first.dtype), metadata]
         return [
