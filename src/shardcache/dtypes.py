@@ -34,7 +34,12 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def view_of(
-    storage: torch.UntypedStorage, offset: int, shape: tuple[int, ...], dtype: torch.dtype
+    storage: torch.UntypedStorage,
+    offset: int,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    stride: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """A contiguous tensor over ``storage`` from element ``offset``: no copy."""
-    return torch.empty(0, dtype=dtype).set_(storage, offset, shape, contiguous_strides(shape))
+    """A tensor over ``storage`` from element ``offset``: no copy (contiguous by default)."""
+    strides = contiguous_strides(shape) if stride is None else stride
+    return torch.empty(0, dtype=dtype).set_(storage, offset, shape, strides)

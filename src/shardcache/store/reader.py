@@ -3,14 +3,16 @@
 Shards are memory-mapped private and read-only-shared (``MAP_PRIVATE``): every process
 reads the same page-cache pages, and a transform that writes into a sample in place gets
 its own copy of the page instead of changing the file or another process's data. Mappings
-open on a process's first read, all shards at once, and are never pickled: a DataLoader
-worker started with ``spawn`` opens its own, one started with ``fork`` inherits them.
+open on a process's first read, all shards at once (each header is parsed on its shard's
+first read), and are never pickled: a DataLoader worker started with ``spawn`` opens its
+own, one started with ``fork`` inherits them.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import logging
 import os
 import weakref
@@ -41,43 +43,67 @@ def mmap_enabled() -> bool:
 
 
 class _OpenShard:
-    """One shard opened in this process: its parsed header and its mapping (or file)."""
+    """One shard opened in this process: its mapping (or file) now, its header when read."""
 
     def __init__(self, path: Path, info: ShardInfo, use_mmap: bool) -> None:
-        self.header: ShardHeader = read_header(path, expected_bytes=info.bytes)
-        if (self.header.start, self.header.stop) != (info.start, info.stop):
-            raise CorruptCacheError(
-                f"{path}: holds samples [{self.header.start}, {self.header.stop}), the "
-                f"manifest says [{info.start}, {info.stop})",
-                path=path,
-            )
+        self.info = info
         self.storage: torch.UntypedStorage | None = None
         self.path = path
         self.descriptor = -1
-        if use_mmap:
-            # shared=False maps MAP_PRIVATE: reads share the page cache, writes copy a page.
-            mapped = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=info.bytes)
-            self.storage = cast(torch.UntypedStorage, mapped)
-        else:
-            # Held open like a mapping, so that reads outlive `shardcache clear` (an unlink);
-            # closed when the shard is dropped, with no ResourceWarning to leak.
-            self.descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            weakref.finalize(self, os.close, self.descriptor)
+        try:
+            if use_mmap:
+                # shared=False maps MAP_PRIVATE: reads share the page cache, a write copies
+                # the page.
+                mapped = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=info.bytes)
+                self.storage = cast(torch.UntypedStorage, mapped)
+            else:
+                # Held open like a mapping, so that reads outlive `shardcache clear` (an
+                # unlink); closed when the shard is dropped, with no ResourceWarning to leak.
+                self.descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                weakref.finalize(self, os.close, self.descriptor)
+        except (OSError, RuntimeError) as error:  # torch reports a failed open as RuntimeError
+            problem = "shard is missing" if not path.exists() else f"cannot be opened: {error}"
+            raise CorruptCacheError(f"{path}: {problem}", path=path) from error
+
+    @functools.cached_property
+    def header(self) -> ShardHeader:
+        """The header, parsed and checked on this shard's first read.
+
+        Opening a cache reads no header, so a first batch does not wait for all of them.
+        """
+        header = read_header(self.path, opened=(self._read_at, self.info.bytes))
+        if (header.start, header.stop) != (self.info.start, self.info.stop):
+            raise CorruptCacheError(
+                f"{self.path}: holds samples [{header.start}, {header.stop}), the "
+                f"manifest says [{self.info.start}, {self.info.stop})",
+                path=self.path,
+            )
+        return header
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        """Bytes of this shard from its mapping or descriptor (the file may be unlinked)."""
+        if self.storage is not None:
+            end = min(offset + size, self.info.bytes)
+            return (
+                view_of(self.storage, offset, (max(end - offset, 0),), torch.uint8)
+                .numpy()
+                .tobytes()
+            )
+        return os.pread(self.descriptor, size, offset)
 
     def tensor(self, entry: TensorEntry) -> torch.Tensor:
         """A view of the mapping (or, without mmap, a fresh tensor read from the file)."""
         if self.storage is not None:
             if get_worker_info() is None:
-                return view_of(
-                    self.storage, entry.begin // entry.dtype.itemsize, entry.shape, entry.dtype
-                )
+                offset = entry.begin // entry.dtype.itemsize
+                return view_of(self.storage, offset, entry.shape, entry.dtype, entry.stride)
             # In a DataLoader worker, a view of a storage *slice* (still zero-copy): a worker
             # that sends a view of the from_file storage itself (batch_size=None, or a collate
             # that passes samples through) fails in torch's reduce_storage (it dups the
             # mapping's closed fd: EBADF) and the loader hangs; a slice is shared by copying
             # this sample's bytes only. The slice costs ~2 us, so the main process skips it.
             window = self.storage[entry.begin : entry.end]
-            return view_of(window, 0, entry.shape, entry.dtype)
+            return view_of(window, 0, entry.shape, entry.dtype, entry.stride)
         tensor = torch.empty(entry.shape, dtype=entry.dtype)
         buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
         read = os.preadv(self.descriptor, [buffer], entry.begin)

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,7 +22,7 @@ import torch
 import xxhash
 
 from ..decoding import Decoded
-from ..dtypes import DTYPES_BY_CODE, SAFETENSORS_CODES
+from ..dtypes import DTYPES_BY_CODE, SAFETENSORS_CODES, contiguous_strides
 from ..errors import CorruptCacheError
 from .format import FORMAT_VERSION
 
@@ -39,6 +39,7 @@ class TensorEntry:
     shape: tuple[int, ...]
     begin: int
     end: int
+    stride: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -140,20 +141,31 @@ def file_digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
+ReadAt = Callable[[int, int], bytes]
+"""``read_at(offset, size)``: bytes of an already opened shard (a mapping or a descriptor)."""
+
+
+def _header_bytes(path: Path, read_at: ReadAt, size: int) -> bytes:
+    """The raw JSON header of a shard of ``size`` bytes."""
+    prefix = read_at(0, 8) if size >= 8 else b""
+    if len(prefix) < 8:
+        raise _corrupt(path, "shard is shorter than a safetensors header")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > min(MAX_HEADER_BYTES, size - 8):
+        raise _corrupt(path, f"shard header length {length} exceeds what the file holds")
+    return read_at(8, length)
+
+
 def _read_header_bytes(path: Path, expected_bytes: int | None) -> tuple[bytes, int]:
-    """The raw JSON header and the file's size."""
+    """The raw JSON header and the size of the file at ``path``."""
     try:
         with path.open("rb") as stream:
             size = os.fstat(stream.fileno()).st_size
             if expected_bytes is not None and size != expected_bytes:
                 raise _corrupt(path, f"shard is {size} bytes, the manifest says {expected_bytes}")
-            prefix = stream.read(8)
-            if len(prefix) < 8:
-                raise _corrupt(path, "shard is shorter than a safetensors header")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > min(MAX_HEADER_BYTES, size - 8):
-                raise _corrupt(path, f"shard header length {length} exceeds what the file holds")
-            return stream.read(length), size
+            return _header_bytes(
+                path, lambda offset, n: os.pread(stream.fileno(), n, offset), size
+            ), size
     except FileNotFoundError as error:
         raise _corrupt(path, "shard is missing") from error
     except OSError as error:
@@ -179,7 +191,9 @@ def _tensor_entries(path: Path, header: dict[str, Any], data_start: int) -> dict
             raise _corrupt(path, f"tensor {name!r} spans {end - begin} bytes, unlike its shape")
         if begin % dtype.itemsize:
             raise _corrupt(path, f"tensor {name!r} is not aligned to its dtype")
-        tensors[name] = TensorEntry(dtype, shape, data_start + begin, data_start + end)
+        tensors[name] = TensorEntry(
+            dtype, shape, data_start + begin, data_start + end, contiguous_strides(shape)
+        )
     covered = data_start
     for entry in sorted(tensors.values(), key=lambda entry: entry.begin):
         if entry.begin != covered:
@@ -188,9 +202,25 @@ def _tensor_entries(path: Path, header: dict[str, Any], data_start: int) -> dict
     return tensors
 
 
-def read_header(path: Path, *, expected_bytes: int | None = None) -> ShardHeader:
-    """Parse and check a shard's header; `CorruptCacheError` names the file and the lie."""
-    raw, size = _read_header_bytes(path, expected_bytes)
+def read_header(
+    path: Path,
+    *,
+    expected_bytes: int | None = None,
+    opened: tuple[ReadAt, int] | None = None,
+) -> ShardHeader:
+    """Parse and check a shard's header; `CorruptCacheError` names the file and the lie.
+
+    Args:
+        path: the shard file, read unless ``opened`` is given; named in errors.
+        expected_bytes: the size the manifest promises.
+        opened: ``(read_at, size)`` of a shard already mapped or opened, which reads it
+            even after its file was unlinked.
+    """
+    if opened is None:
+        raw, size = _read_header_bytes(path, expected_bytes)
+    else:
+        read_at, size = opened
+        raw = _header_bytes(path, read_at, size)
     try:
         header = json.loads(raw)
         record = json.loads(header.pop("__metadata__")[RECORD_KEY])
