@@ -1,0 +1,1 @@
+"""Benchmarks of shardcache's cache tiers on synthetic data: ``python -m benchmarks.tiers``."""

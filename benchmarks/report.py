@@ -1,0 +1,348 @@
+"""Render a `benchmarks.tiers` summary as markdown tables and as a PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TIERS = ("none", "memory", "disk")
+BUSY_LOAD = 0.5
+"""Load average per CPU above which the report warns that other work shared the machine."""
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _size(nbytes: float | None) -> str:
+    if not nbytes:
+        return "0"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _workers(parallel: int) -> str:
+    return "in-process" if parallel < 0 else f"{parallel} workers"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The report: what was measured, the tables, and the targets as PASS/MISS lines."""
+    params, machine = summary["params"], summary["machine"]
+    dataset = params["dataset"]
+    n, scale = params["items"], params["scale"]
+    head = params["headline_parallel"]
+    channels = 1 if params["mode"] == "gray" else 3
+    shape = f"[{channels}, {params['size']}, {params['size']}]"
+    out = [
+        "# shardcache: what each cache tier costs and gains",
+        "",
+        f"Command: `{params['command']}` ({params['wall_s']:.0f} s in all).",
+        "",
+        f"Data: N = {n} synthetic {params['mode']} {params['image_format'].upper()} images of "
+        f"{params['size']}x{params['size']} (files at {dataset['compression']:.0%} of the raw "
+        f"pixels, 70/30 classes), decoded to float32 {shape}: "
+        f"{_size(params['sample_bytes'])} per sample, {_size(params['decoded_bytes'])} in all. "
+        f"Batches of {params['batch_size']}, shuffled, through "
+        f"`CachingDataModule.train_dataloader()`. Every figure is the median of "
+        f"{params['repeats']} fresh processes; ratios are against the memory tier of the same run.",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cpus_available']} CPUs, "
+        f"{machine['memory_gib']} GiB RAM; Python {machine['python']}, torch {machine['torch']}; "
+        f"load average {machine['load_average_before'][0]:.1f} before, "
+        f"{machine['load_average_after'][0]:.1f} after (above 0 means other work shared the CPUs); "
+        "torch intra-op threads per measured process: "
+        + (
+            f"{params['threads']} (`--threads`)."
+            if params.get("threads")
+            else f"torch's default ({machine['torch_threads']})."
+        ),
+        "",
+        f"## Summary (parallel={head}: {_workers(head)})",
+        "",
+    ]
+    busiest = max(machine["load_average_before"][0], machine["load_average_after"][0])
+    if busiest > BUSY_LOAD * (machine["cpus_available"] or 1):
+        out += [
+            f"> **Noisy run**: the load average reached {busiest:.1f} on "
+            f"{machine['cpus_available']} CPUs, so other processes competed for the CPUs; "
+            "ratios from one run are more trustworthy than absolute figures, and those in "
+            "the tens of milliseconds are the least.",
+            "",
+        ]
+    rows = []
+    for tier in TIERS:
+        t = summary["tiers"][tier]
+        rows.append(
+            [
+                f"`{tier}`",
+                _num(t["build_s"]),
+                _num(t["warm_samples_per_s"]),
+                _num(t["first_batch_s"], 3),
+                str(t["decodes_first_run"]),
+                str(t["decodes_second_run"]),
+                _num(t["rss_mb"]),
+                _num(t["pss_mb"]),
+                _num(summary["by_parallel"][str(head)]["tiers"][tier]["data_copies"]),
+                _size(t["cache_bytes"]),
+            ]
+        )
+    out += _table(
+        [
+            "tier",
+            "build / first epoch (s)",
+            "warm samples/s",
+            "first batch (s)",
+            "decodes, 1st run",
+            "decodes, 2nd run",
+            "RSS (MiB)",
+            "PSS (MiB)",
+            "data copies (PSS)",
+            "cache on disk",
+        ],
+        rows,
+    )
+    out += [
+        "- *build / first epoch*: `none` one epoch; `memory` the load in `setup()`; `disk` "
+        "`prepare_data()` into an empty cache directory.",
+        "- *warm samples/s*: epochs after the first, in a process whose cache is ready "
+        "(the page cache holds the files).",
+        "- *first batch*: from creating the DataModule to the first batch, in a fresh process "
+        "(for `memory` this includes the load; for `disk` the cache already exists).",
+        "- *RSS/PSS*: the main process plus its DataLoader workers after the epochs; PSS "
+        "divides shared pages among the processes that map them, so it adds up honestly. "
+        "*data copies*: PSS above the main process's PSS before it opened the DataModule "
+        "(the interpreter, torch, Lightning), divided by the decoded size of the split.",
+        "",
+        "Ratios against the memory tier:",
+        "",
+    ]
+    rows = [
+        [f"`{tier}`"]
+        + [
+            _num(summary["ratios"][tier][key], 2) + "x"
+            for key in ("build_s", "warm_samples_per_s", "first_batch_s", "pss_mb")
+        ]
+        for tier in ("none", "disk")
+    ]
+    out += _table(["tier", "build", "warm throughput", "first batch", "PSS"], rows)
+
+    out += ["## Targets", ""]
+    for target in summary["targets"]:
+        verdict = {True: "PASS", False: "MISS", None: "n/a"}[target["pass"]]
+        out.append(
+            f"- **{verdict}** {target['name']}: {_num(target['value'], 2)} {target['unit']} "
+            f"(target {target['compare']} {target['limit']} {target['unit']})"
+        )
+    out += [
+        "",
+        "Ratios are taken at every `parallel` setting and the worst one counts.",
+        "",
+        "## By `parallel` setting",
+        "",
+    ]
+    rows = []
+    for parallel, block in summary["by_parallel"].items():
+        for tier in TIERS:
+            t = block["tiers"][tier]
+            rows.append(
+                [
+                    parallel,
+                    f"`{tier}`",
+                    _num(t["build_s"]),
+                    _num(t["first_epoch_samples_per_s"]),
+                    _num(t["warm_samples_per_s"]),
+                    _num(t["first_batch_s"], 3),
+                    str(t["processes"]),
+                    _num(t["rss_mb"]),
+                    _num(t["pss_mb"]),
+                    _num(t["uss_mb"]),
+                    _num(t["cache_pss_mb"]),
+                    _num(t["data_copies"], 2),
+                ]
+            )
+    out += _table(
+        [
+            "parallel",
+            "tier",
+            "build (s)",
+            "1st epoch samples/s",
+            "warm samples/s",
+            "first batch (s)",
+            "processes",
+            "RSS (MiB)",
+            "PSS (MiB)",
+            "USS (MiB)",
+            "shard maps PSS (MiB)",
+            "data copies (PSS)",
+        ],
+        rows,
+    )
+    out += [
+        "*1st epoch*: the first epoch of a fresh process (for `disk` it maps the shards and "
+        "faults their pages in). *shard maps PSS*: the part of PSS that is the disk tier's "
+        "mapped shard files, i.e. its share of the page cache. *data copies*: PSS above the "
+        "main process's PSS before opening the DataModule, divided by the decoded size of "
+        "the split (workers add their own interpreter pages).",
+        "",
+        f"## Time to first batch on a warm disk cache: N = {n} vs {scale}N = {scale * n} items",
+        "",
+        f"The {scale}N split lists every image {scale} times under distinct items, so it has "
+        "its own cache of that size.",
+        "",
+    ]
+    rows = [
+        [
+            parallel,
+            _num(block["first_batch"]["N"], 3),
+            _num(block["first_batch"][f"{scale}N"], 3),
+            _num(block["first_batch"]["ratio"], 2) + "x",
+        ]
+        for parallel, block in summary["by_parallel"].items()
+    ]
+    out += _table(["parallel", "N (s)", f"{scale}N (s)", "ratio"], rows)
+
+    if summary["ddp"]:
+        out += [
+            "## DDP: 2 ranks on CPU (gloo), first run",
+            "",
+            "Rank 0 runs `prepare_data()`, both ranks `setup()` and iterate a whole epoch "
+            "in-process; memory is taken while both ranks are alive.",
+            "",
+        ]
+        rows = [
+            [
+                f"`{tier}`",
+                str(d["decodes_total"]),
+                _num(d["rss_sum_mb"]),
+                _num(d["pss_sum_mb"]),
+                _num(d["cache_pss_sum_mb"]) if tier == "disk" else "n/a",
+                _num(d["data_copies"], 2),
+                _num(d["seconds"]),
+            ]
+            for tier, d in summary["ddp"].items()
+        ]
+        out += _table(
+            [
+                "tier",
+                "decodes (both ranks)",
+                "RSS sum (MiB)",
+                "PSS sum (MiB)",
+                "shard maps PSS sum (MiB)",
+                "data copies (PSS)",
+                "slowest rank (s)",
+            ],
+            rows,
+        )
+
+    r = summary["references"]
+    out += [
+        "## Physical references on this machine",
+        "",
+    ]
+    out += _table(
+        [
+            "memcpy, samples from 256 MiB",
+            "memcpy, one hot sample",
+            "page cache, sequential read",
+            "mmap, first touch",
+            "mmap, warm copy",
+            "`CacheDataset[i]`",
+            "bare mmap view",
+        ],
+        [
+            [
+                f"{r['memcpy_gb_s']:.1f} GB/s",
+                f"{r['memcpy_hot_gb_s']:.1f} GB/s",
+                f"{r['page_cache_read_gb_s']:.1f} GB/s",
+                f"{r['mmap_first_touch_gb_s']:.1f} GB/s",
+                f"{r['mmap_warm_copy_gb_s']:.1f} GB/s",
+                f"{r['getitem_us']:.1f} us",
+                f"{r['bare_view_us']:.1f} us",
+            ]
+        ],
+    )
+    out += [
+        "*memcpy*: `copy_` of sample-sized tensors into a preallocated one, one thread: "
+        "cycling through a 256 MiB pool (main memory, the reference), or the same sample "
+        "again (CPU cache). *page cache*: `readv` "
+        "of the shard files into an 8 MiB buffer. *mmap*: copying every sample out of the "
+        "disk tier's views, in a fresh process (first touch faults pages in) and again.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Three panels: build time, warm throughput, and memory (PSS) by tier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parallels = list(summary["by_parallel"])
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    width = 0.8 / len(parallels)
+    for number, parallel in enumerate(parallels):
+        tiers = summary["by_parallel"][parallel]["tiers"]
+        offsets = [i + (number - (len(parallels) - 1) / 2) * width for i in range(len(TIERS))]
+        label = f"parallel={parallel}"
+        axes[0].bar(offsets, [tiers[t]["build_s"] or 0 for t in TIERS], width, label=label)
+        axes[1].bar(
+            offsets, [tiers[t]["warm_samples_per_s"] or 0 for t in TIERS], width, label=label
+        )
+    axes[0].set_title("build / first epoch (s), lower is better")
+    axes[1].set_title("warm epoch throughput (samples/s)")
+    series, memory_labels = [], []
+    for parallel, block in summary["by_parallel"].items():
+        tiers = block["tiers"]
+        series.append(
+            [(tiers[t]["pss_mb"] or 0) - (tiers[t]["baseline_pss_mb"] or 0) for t in TIERS]
+        )
+        workers = int(parallel)
+        memory_labels.append(
+            "one process" if workers < 0 else f"one process + {workers} workers (their own too)"
+        )
+    if summary["ddp"]:
+        ddp = summary["ddp"]
+        series.append(
+            [ddp[t]["pss_sum_mb"] - ddp[t]["baseline_pss_sum_mb"] if t in ddp else 0 for t in TIERS]
+        )
+        memory_labels.append("DDP, 2 ranks (sum)")
+    width = 0.8 / len(series)
+    for number, (values, label) in enumerate(zip(series, memory_labels, strict=True)):
+        offsets = [i + (number - (len(series) - 1) / 2) * width for i in range(len(TIERS))]
+        axes[2].bar(offsets, values, width, label=label)
+    axes[2].axhline(
+        summary["params"]["decoded_bytes"] / (1 << 20),
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label="one copy of the decoded split",
+    )
+    axes[2].set_title("PSS above the interpreter's own (MiB)")
+    for axis in axes:
+        axis.set_xticks(range(len(TIERS)), TIERS)
+        axis.set_ylim(top=axis.get_ylim()[1] * 1.4)  # headroom for the legend
+        axis.legend(fontsize="small", loc="upper left")
+        axis.grid(axis="y", alpha=0.3)
+    params = summary["params"]
+    figure.suptitle(
+        f"shardcache tiers: N={params['items']} images {params['size']}x{params['size']}, "
+        f"batch {params['batch_size']}, medians of {params['repeats']}"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
