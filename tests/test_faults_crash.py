@@ -162,8 +162,13 @@ def test_a_dying_decoding_worker_fails_the_build_and_the_next_run_resumes(
     child = start_fork(spec)
     assert child.wait() == 0
     result = child.result()
-    assert result["error"] == "RuntimeError"
-    assert "exited unexpectedly" in result["message"]
+    # torch reports a dead worker as RuntimeError ("exited unexpectedly"), or, when the
+    # worker dies while the parent receives a tensor's file descriptor from it, as the
+    # ConnectionResetError of that transfer: timing decides which; either fails the build.
+    assert (result["error"], "exited unexpectedly" in result["message"]) in {
+        ("RuntimeError", True),
+        ("ConnectionResetError", False),
+    }
     assert not published(tmp_path / "cache")
     outcome = verify_recovery(tmp_path, "recover", REFERENCE)
     _record("decoding worker exits (parallel=2)", outcome)
