@@ -16,7 +16,6 @@ from .datasets import LabelledDataset, MemoryDataset, RawDataset, TransformedDat
 from .errors import ConfigurationError, SplitError
 from .sampler import balanced_sampler
 from .store import CacheDataset, ensure_cache, resolve_cache_dir
-from .store.format import DEFAULT_SHARD_BYTES
 from .store.lock import DEFAULT_LOCK_TIMEOUT
 from .typing import DatabaseSplit, RawDataLoader, Sample, Transform
 from .workers import num_workers, worker_context
@@ -56,7 +55,8 @@ class CachingDataModule(lightning.LightningDataModule):
         cache_dir: where disk caches live; default ``$SHARDCACHE_DIR``, else the user cache
             directory for "shardcache" (read when the cache is first needed).
         lock_timeout: seconds to wait for another process's build of the same cache.
-        shard_bytes: target size of one shard file.
+        shard_bytes: target size of one shard file; default: a 32nd of the split's decoded
+            size, between 4 and 64 MiB.
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class CachingDataModule(lightning.LightningDataModule):
         cache: CacheTier | None = None,
         cache_dir: str | PathLike[str] | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        shard_bytes: int | None = None,
     ) -> None:
         super().__init__()
         tier = cache if cache is not None else ("memory" if cache_samples else "none")

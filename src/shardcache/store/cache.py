@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import CacheDirError, CorruptCacheError
 from ..typing import RawDataLoader
 from .explain import explain_miss
-from .format import DEFAULT_SHARD_BYTES, MANIFEST_NAME
+from .format import MANIFEST_NAME
 from .key import KEY_CHARS_IN_NAME, CacheKey, cache_key
 from .layout import CacheRoot
 from .lock import DEFAULT_LOCK_TIMEOUT, BuildLock
@@ -102,7 +102,7 @@ def ensure_cache(
     loader: RawDataLoader,
     *,
     parallel: int = -1,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> CacheDataset:
     """Open ``subset``'s cache in ``cache_dir``, building it under the key's lock if needed.

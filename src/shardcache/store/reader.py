@@ -50,6 +50,7 @@ class _OpenShard:
         self.storage: torch.UntypedStorage | None = None
         self.path = path
         self.descriptor = -1
+        self._views: dict[tuple[int, bool], torch.Tensor] = {}
         try:
             if use_mmap:
                 # shared=False maps MAP_PRIVATE: reads share the page cache, a write copies
@@ -91,19 +92,32 @@ class _OpenShard:
             )
         return os.pread(self.descriptor, size, offset)
 
+    def _view(self, storage: torch.UntypedStorage, entry: TensorEntry) -> torch.Tensor:
+        """The view of ``entry`` that this process serves copies of (built once)."""
+        in_worker = get_worker_info() is not None
+        key = (entry.begin, in_worker)
+        view = self._views.get(key)
+        if view is None:
+            if in_worker:
+                # In a DataLoader worker, a view of a storage *slice* (still zero-copy): a
+                # worker that sends a view of the from_file storage itself (batch_size=None,
+                # or a collate that passes samples through) fails in torch's reduce_storage
+                # (it dups the mapping's closed fd: EBADF) and the loader hangs; a slice is
+                # shared by copying this sample's bytes only.
+                window = storage[entry.begin : entry.end]
+                view = view_of(window, 0, entry.shape, entry.dtype, entry.stride)
+            else:
+                offset = entry.begin // entry.dtype.itemsize
+                view = view_of(storage, offset, entry.shape, entry.dtype, entry.stride)
+            self._views[key] = view
+        return view
+
     def tensor(self, entry: TensorEntry) -> torch.Tensor:
         """A view of the mapping (or, without mmap, a fresh tensor read from the file)."""
         if self.storage is not None:
-            if get_worker_info() is None:
-                offset = entry.begin // entry.dtype.itemsize
-                return view_of(self.storage, offset, entry.shape, entry.dtype, entry.stride)
-            # In a DataLoader worker, a view of a storage *slice* (still zero-copy): a worker
-            # that sends a view of the from_file storage itself (batch_size=None, or a collate
-            # that passes samples through) fails in torch's reduce_storage (it dups the
-            # mapping's closed fd: EBADF) and the loader hangs; a slice is shared by copying
-            # this sample's bytes only. The slice costs ~2 us, so the main process skips it.
-            window = self.storage[entry.begin : entry.end]
-            return view_of(window, 0, entry.shape, entry.dtype, entry.stride)
+            # A new tensor object over the same bytes (~0.5 us, against ~6 us to build a
+            # view), so that what a caller does to the object itself stays with it.
+            return self._view(self.storage, entry).detach()
         tensor = torch.empty(entry.shape, dtype=entry.dtype)
         buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
         read = os.preadv(self.descriptor, [buffer], entry.begin)

@@ -31,7 +31,15 @@ from ..errors import CorruptCacheError, InsufficientSpaceError
 from ..typing import RawDataLoader
 from ..units import format_size
 from .atomic import fsync_directory, temporary_name, write_atomically
-from .format import ITEMS_NAME, MANIFEST_NAME, SHARD_NAME, Manifest, ShardInfo, shard_name
+from .format import (
+    DEFAULT_SHARD_BYTES,
+    ITEMS_NAME,
+    MANIFEST_NAME,
+    SHARD_NAME,
+    Manifest,
+    ShardInfo,
+    shard_name,
+)
 from .key import CacheKey, canonical_json
 from .lock import BuildLock
 from .shardfile import file_digest, read_header, write_shard
@@ -40,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 SPACE_ESTIMATE_SAMPLES = 16
 """Samples decoded before the free-space check estimates the whole build's size."""
+
+MIN_SHARD_BYTES = 4 << 20
+"""The smallest automatic shard target: fewer files and fsyncs for small builds."""
 
 SPACE_MARGIN = 1.05
 """Headroom over the estimate: headers, the manifest, and samples larger than the first."""
@@ -56,6 +67,15 @@ def _sample_bytes(sample: Decoded) -> int:
     return sum(int(tensor.nbytes) for tensor in tensors)
 
 
+def automatic_shard_bytes(total_bytes: int) -> int:
+    """A 32nd of the build, between `MIN_SHARD_BYTES` and `DEFAULT_SHARD_BYTES`.
+
+    The last shard's write and fsync cannot overlap decoding; a small build with 64 MiB
+    shards would wait for most of its data at the end.
+    """
+    return max(MIN_SHARD_BYTES, min(DEFAULT_SHARD_BYTES, total_bytes // 32))
+
+
 class _ShardWriter:
     """Groups decoded samples into shards and writes them on a background thread.
 
@@ -63,9 +83,10 @@ class _ShardWriter:
     the GIL); a bounded queue keeps at most two shards in memory.
     """
 
-    def __init__(self, staging: Path, shard_bytes: int, samples_to_write: int) -> None:
+    def __init__(self, staging: Path, shard_bytes: int | None, samples_to_write: int) -> None:
         self.staging = staging
-        self.shard_bytes = shard_bytes
+        self.automatic_size = shard_bytes is None
+        self.shard_bytes = DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes
         self.samples_to_write = samples_to_write
         self.written: list[_Shard] = []
         self.samples_written = 0
@@ -87,6 +108,10 @@ class _ShardWriter:
         self._seen_bytes += size
         if self._seen == min(SPACE_ESTIMATE_SAMPLES, self.samples_to_write):
             self._check_free_space()
+            if self.automatic_size:
+                self.shard_bytes = automatic_shard_bytes(
+                    self._seen_bytes // self._seen * self.samples_to_write
+                )
         contiguous = not self._pending or sample.index == self._pending[-1].index + 1
         if self._pending and (not contiguous or self._pending_bytes + size > self.shard_bytes):
             self._submit()
@@ -237,7 +262,7 @@ def build(
     key: CacheKey,
     lock: BuildLock,
     parallel: int,
-    shard_bytes: int,
+    shard_bytes: int | None,
 ) -> Path:
     """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
     _make_staging(staging)
