@@ -15,6 +15,7 @@ from ..errors import CacheDirError, CorruptCacheError
 from ..typing import RawDataLoader
 from .explain import explain_miss
 from .format import MANIFEST_NAME
+from .inventory import empty_trash
 from .key import KEY_CHARS_IN_NAME, CacheKey, cache_key
 from .layout import CacheRoot
 from .lock import DEFAULT_LOCK_TIMEOUT, BuildLock
@@ -85,16 +86,6 @@ def discard(root: CacheRoot, path: Path) -> None:
     shutil.rmtree(moved, ignore_errors=True)
 
 
-def _empty_trash(root: CacheRoot) -> None:
-    """Delete what a process killed inside `discard` left in ``.trash``.
-
-    Safe beside a live `discard`: both delete with ``ignore_errors``.
-    """
-    with contextlib.suppress(OSError):
-        for entry in root.trash().iterdir():
-            shutil.rmtree(entry, ignore_errors=True)
-
-
 def ensure_cache(
     cache_dir: str | os.PathLike[str],
     subset: str,
@@ -146,7 +137,7 @@ def ensure_cache(
         leftover = root.path / name
         if leftover.exists():  # a directory of that name without a valid manifest
             discard(root, leftover)
-        _empty_trash(root)
+        empty_trash(root.path)  # what a process killed inside `discard` left behind
         path = build(
             root_path=root.path,
             staging=root.staging(key.digest),
