@@ -99,3 +99,13 @@ def test_non_contiguous_samples_are_copied_correctly() -> None:
     expected, expected_metadata = default_collate(samples)
     assert torch.equal(tensor, expected)
     assert torch.equal(metadata["i"], expected_metadata["i"])
+
+
+def test_a_larger_batch_gets_a_larger_buffer() -> None:
+    # A sampler that buckets by shape can send larger batches later: the slot's buffer
+    # grows, and the batch must come from the new buffer, not the old one.
+    collator = BatchCollator(0, persistent_workers=False)
+    small, _ = collator([(torch.zeros(2), {"i": 0}), (torch.zeros(2), {"i": 1})])
+    del small  # the slot is free again
+    large, _ = collator([(torch.full((5,), 7.0), {"i": 2}), (torch.full((5,), 8.0), {"i": 3})])
+    assert torch.equal(large, torch.tensor([[7.0] * 5, [8.0] * 5]))

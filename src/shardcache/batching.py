@@ -222,9 +222,10 @@ class BatchCollator:
         dtype: torch.dtype,
     ) -> torch.Tensor:
         """Main process: hand out the batch in ``slot`` and free slots nobody holds."""
-        if storage is not None or slot not in self._received:
-            # Without workers the collator filled its own buffer.
-            self._received[slot] = self._own[slot] if storage is None else _Buffer(storage)
+        if storage is not None:  # a worker's new (or grown) buffer, mapped from now on
+            self._received[slot] = _Buffer(storage)
+        elif not self.num_workers:  # the collator filled its own buffer, perhaps a new one
+            self._received[slot] = self._own[slot]
         tensor = _view(self._received[slot].storage, shape, dtype)
         self.states[slot] = DELIVERED
         self._release_idle()
