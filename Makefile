@@ -37,7 +37,8 @@ bench-full: venv
 # MosaicML Streaming without its dependencies (its own pins make pip backtrack for minutes).
 bench-peers: venv
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[peers]'
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt mosaicml-streaming || true
+	$(BIN)/python -m pip install --quiet -c constraints.txt transformers Brotli catalogue python-snappy zstd \
+	  && $(BIN)/python -m pip install --quiet --no-deps -c constraints.txt mosaicml-streaming || true
 	$(BIN)/python -m benchmarks.peers
 
 soak: venv
