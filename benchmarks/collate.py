@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from shardcache.batching import BatchCollator
+from shardcache.serving.collate import BatchCollator
 from shardcache.store import CacheDataset, ensure_cache
 
 

@@ -10,8 +10,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from shardcache.core.types import Sample
 from shardcache.loaders import ImageFileLoader, ImageMode
-from shardcache.typing import Sample
 
 
 class CountingImageLoader(ImageFileLoader):

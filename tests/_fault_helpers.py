@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from shardcache.store import ensure_cache
-from shardcache.store.format import SHARD_NAME
+from shardcache.store.layout import SHARD_NAME
 
 TESTS = Path(__file__).resolve().parent
 CRASH_EXIT = 77
@@ -376,7 +376,7 @@ def hold_lock(spec: dict[str, Any]) -> None:
     """Take a key's build lock like a builder, report progress, hold it until told to stop."""
     from shardcache.store.key import cache_key
     from shardcache.store.layout import CacheRoot
-    from shardcache.store.lock import BuildLock
+    from shardcache.store.locking import BuildLock
 
     items = make_items(spec.get("n", N_ITEMS))
     loader = make_loader(spec)

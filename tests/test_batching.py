@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from shardcache.batching import BatchCollator
+from shardcache.serving.collate import BatchCollator
 
 
 class Numbered(Dataset[tuple[torch.Tensor, dict[str, object]]]):

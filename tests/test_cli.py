@@ -21,12 +21,12 @@ from _cli_helpers import (
     start_reader,
 )
 from shardcache.cli import main, parse_duration, parse_size
+from shardcache.core.units import format_size
 from shardcache.store import CacheDataset, CacheRoot
-from shardcache.store.format import LAST_USED_NAME, Manifest
-from shardcache.store.inventory import Lease, lease_held
-from shardcache.store.lock import BuildLock
-from shardcache.store.shardfile import file_digest
-from shardcache.units import format_size
+from shardcache.store.format import Manifest
+from shardcache.store.header import file_digest
+from shardcache.store.layout import LAST_USED_NAME
+from shardcache.store.locking import BuildLock, Lease, lease_held
 
 BIN = Path(sys.executable).parent
 TRAIN = range(40)  # 5 shards of 8 samples
@@ -750,20 +750,21 @@ def test_lease_lives_from_open_to_close_and_is_never_pickled(
 ) -> None:
     root, train, _ = caches
     key = Manifest.read(train / "manifest.json").key
-    assert lease_held(root, key) is False
+    assert lease_held(CacheRoot(root).lease(key)) is False
     dataset = CacheDataset(train)
-    assert lease_held(root, key) is True
+    assert lease_held(CacheRoot(root).lease(key)) is True
     clone = pickle.loads(pickle.dumps(dataset))  # noqa: S301 (our own bytes)
     dataset.close()
-    assert lease_held(root, key) is False  # the clone holds none: the opener's process does
+    # The clone holds none: the opener's process does.
+    assert lease_held(CacheRoot(root).lease(key)) is False
     assert clone[3][1] == {"label": 0, "name": "item-3"}
-    lease = Lease.take(root, key)
+    lease = Lease.take(CacheRoot(root).lease(key))
     assert lease is not None
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(lease)
     lease.release()
     lease.release()
-    assert lease_held(root, key) is False
+    assert lease_held(CacheRoot(root).lease(key)) is False
 
 
 def test_a_forked_worker_keeps_the_lease_harmlessly(caches: tuple[Path, Path, Path]) -> None:
@@ -777,12 +778,12 @@ def test_a_forked_worker_keeps_the_lease_harmlessly(caches: tuple[Path, Path, Pa
     try:
         assert started.wait(DEADLINE)
         dataset.close()
-        held_by_worker = lease_held(root, key)
+        held_by_worker = lease_held(CacheRoot(root).lease(key))
     finally:
         stop.set()
         worker.join(DEADLINE)
     assert (held_by_worker, worker.exitcode) == (True, 0)
-    assert lease_held(root, key) is False
+    assert lease_held(CacheRoot(root).lease(key)) is False
 
 
 def test_a_cache_opens_where_no_lease_can_be_taken(
@@ -801,10 +802,10 @@ def test_a_cache_opens_where_no_lease_can_be_taken(
     locks.write_text("not a directory")  # as on a cache directory nobody may write to
     dataset = CacheDataset(train)
     assert dataset[9][1] == {"label": 0, "name": "item-9"}
-    assert lease_held(root, key) is None
+    assert lease_held(CacheRoot(root).lease(key)) is None
     dataset.close()
     monkeypatch.setenv("SHARDCACHE_LOCK", "soft")
-    assert Lease.take(root, key) is None
+    assert Lease.take(CacheRoot(root).lease(key)) is None
 
 
 # --- the installed command ------------------------------------------------------------------

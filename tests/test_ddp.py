@@ -20,7 +20,7 @@ from _store_helpers import (
     simple_items,
     subprocess_env,
 )
-from shardcache.datasets import RawDataset
+from shardcache.tiers.none import RawDataset
 
 TRAIN, VALIDATION = 24, 8
 

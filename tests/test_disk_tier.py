@@ -39,8 +39,8 @@ from _store_helpers import (
     wait_for,
 )
 from shardcache import CachingDataModule
-from shardcache.datasets import RawDataset
 from shardcache.store import CacheDataset, ensure_cache, resolve_cache_dir
+from shardcache.tiers.none import RawDataset
 
 RICH_ITEMS = 12
 

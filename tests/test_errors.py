@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from _foundation_helpers import raised_by
-from shardcache import errors
+from shardcache.core import errors
 
 # name: (parent in our tree, builtin that old ``except`` clauses catch)
 TREE = {

@@ -41,8 +41,9 @@ from _fault_helpers import (
 )
 from shardcache.errors import CorruptCacheError
 from shardcache.store import CacheDataset, ensure_cache
-from shardcache.store.format import MANIFEST_NAME, SHARD_NAME, Manifest, shard_name
-from shardcache.store.shardfile import file_digest, read_header
+from shardcache.store.format import Manifest
+from shardcache.store.header import file_digest, read_header
+from shardcache.store.layout import MANIFEST_NAME, SHARD_NAME, shard_name
 
 REFERENCE = reference_digest(make_items())
 

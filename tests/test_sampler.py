@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from shardcache import ConfigurationError
-from shardcache.sampler import balanced_sampler, balanced_weights
+from shardcache.serving.sampler import balanced_sampler, balanced_weights
 
 # DESIGN.md's example: 9 of class 0 and 1 of class 1, then 3 and 3.
 FIRST = [0] * 9 + [1]
@@ -62,7 +62,7 @@ def test_single_dataset_balances_classes() -> None:
 def test_concatenated_datasets_without_integer_labels_balance_by_size(
     labels: list[list[object]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="shardcache.sampler"):
+    with caplog.at_level(logging.WARNING, logger="shardcache.serving.sampler"):
         weights = balanced_weights(labels)  # type: ignore[arg-type]
     assert weights == pytest.approx([1 / 8] * 4 + [1 / 4] * 2)
     assert "no integer labels: balancing 2 datasets by size only" in caplog.text

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 
 from _store_helpers import dataset_differences, sample_differences
 from shardcache import __version__
-from shardcache.datasets import RawDataset
 from shardcache.store import FORMAT_VERSION, CacheDataset, Manifest, ensure_cache
-from shardcache.store.shardfile import file_digest
+from shardcache.store.header import file_digest
+from shardcache.tiers.none import RawDataset
 
 ITEMS = [["a", 0], ["b", 1]]
 

@@ -29,9 +29,9 @@ from _store_helpers import (
     zero_served_sample,
 )
 from shardcache import CachingDataModule, CorruptCacheError
-from shardcache.datasets import RawDataset
 from shardcache.store import CacheDataset, ensure_cache
-from shardcache.store.shardfile import file_digest
+from shardcache.store.header import file_digest
+from shardcache.tiers.none import RawDataset
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc"

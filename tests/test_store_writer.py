@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from shardcache.store import ensure_cache
-from shardcache.store.writer import MIN_SHARD_BYTES, automatic_shard_bytes
+from shardcache.store.options import MIN_SHARD_BYTES, automatic_shard_bytes
 
 MIB = 1 << 20
 

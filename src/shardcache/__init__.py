@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .errors import (
+from .core.errors import (
     BadSamplesError,
     CacheDirError,
     CacheError,

@@ -5,25 +5,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from os import PathLike
-from typing import Literal, get_args
+from typing import Literal
 
 import lightning
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .batching import BatchCollator
-from .datasets import LabelledDataset, MemoryDataset, RawDataset, TransformedDataset
-from .errors import ConfigurationError, SplitError
-from .sampler import balanced_sampler
-from .store import CacheDataset, ensure_cache, resolve_cache_dir
-from .store.lock import DEFAULT_LOCK_TIMEOUT
-from .typing import DatabaseSplit, RawDataLoader, Sample, Transform
-from .workers import num_workers, worker_context
+from .core.errors import ConfigurationError, SplitError
+from .core.settings import DEFAULT_LOCK_TIMEOUT
+from .core.types import DatabaseSplit, RawDataLoader, Sample, SampleDataset, Transform
+from .core.workers import num_workers, worker_context
+from .serving.collate import BatchCollator
+from .serving.sampler import balanced_sampler
+from .serving.transforms import TransformedDataset
+from .tiers import Subset, Tier, TierOptions, check_tier_name, make_tier
 
 logger = logging.getLogger(__name__)
 
 CacheTier = Literal["none", "memory", "disk"]
-TIERS: tuple[str, ...] = get_args(CacheTier)
 STAGES = ("fit", "validate", "test", "predict")
 
 
@@ -78,11 +77,9 @@ class CachingDataModule(lightning.LightningDataModule):
         shard_bytes: int | None = None,
     ) -> None:
         super().__init__()
-        tier = cache if cache is not None else ("memory" if cache_samples else "none")
-        if tier not in TIERS:
-            raise ConfigurationError(
-                f"cache={tier!r} is not a cache tier; valid tiers are {', '.join(TIERS)}"
-            )
+        tier = check_tier_name(
+            cache if cache is not None else "memory" if cache_samples else "none"
+        )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size={batch_size!r} must be a positive int")
         if (
@@ -99,7 +96,7 @@ class CachingDataModule(lightning.LightningDataModule):
         self.database_split = database_split
         self.raw_data_loader = raw_data_loader
         self.cache_samples = cache_samples
-        self.cache: CacheTier = tier
+        self.cache: CacheTier = tier  # type: ignore[assignment]
         self.cache_dir = cache_dir
         self.balance_sampler_by_class = balance_sampler_by_class
         self.model_transforms = tuple(model_transforms)
@@ -109,7 +106,7 @@ class CachingDataModule(lightning.LightningDataModule):
         self.parallel = parallel
         self.lock_timeout = lock_timeout
         self.shard_bytes = shard_bytes
-        self._datasets: dict[str, LabelledDataset] = {}
+        self._datasets: dict[str, SampleDataset] = {}
 
     # ---- stages -------------------------------------------------------------------------
 
@@ -133,65 +130,43 @@ class CachingDataModule(lightning.LightningDataModule):
         chosen = required + [name for name in optional if name in self.database_split]
         return list(dict.fromkeys(chosen))
 
-    def _check_items(self, subset: str) -> Sequence[object]:
-        items = self.database_split[subset]
+    def _subset(self, name: str) -> Subset:
+        items = self.database_split[name]
         if len(items) == 0:
-            raise SplitError(f"subset {subset!r} of database_split is empty")
-        return items
+            raise SplitError(f"subset {name!r} of database_split is empty")
+        return Subset(name, items, self.raw_data_loader, self.parallel)
+
+    def _tier(self) -> Tier:
+        options = TierOptions(self.cache_dir, self.lock_timeout, self.shard_bytes)
+        return make_tier(self.cache, options)
 
     def prepare_data(self) -> None:
-        """Build the disk caches of every subset that lacks one. Sets no state.
+        """Prepare every subset once per node (the disk tier builds missing caches).
 
         Lightning calls it on local rank 0 of each node; the build lock makes concurrent
-        jobs and nodes sharing a cache directory safe.
+        jobs and nodes sharing a cache directory safe. Sets no state.
         """
-        if self.cache != "disk":
-            return
-        cache_dir = resolve_cache_dir(self.cache_dir)
-        for subset in self.database_split:
-            dataset = ensure_cache(
-                cache_dir,
-                subset,
-                self._check_items(subset),
-                self.raw_data_loader,
-                parallel=self.parallel,
-                shard_bytes=self.shard_bytes,
-                lock_timeout=self.lock_timeout,
-            )
-            dataset.close()
+        tier = self._tier()
+        for name in self.database_split:
+            tier.prepare(self._subset(name))
 
     def setup(self, stage: str) -> None:
-        """Open (or load) the subsets ``stage`` uses; a disk cache missing here is built."""
-        for subset in self._subsets_for(stage):
-            if subset not in self._datasets:
-                self._datasets[subset] = self._open(subset)
-
-    def _open(self, subset: str) -> LabelledDataset:
-        items = self._check_items(subset)
-        if self.cache == "none":
-            return RawDataset(subset, items, self.raw_data_loader)
-        if self.cache == "memory":
-            return MemoryDataset.load(subset, items, self.raw_data_loader, parallel=self.parallel)
-        return ensure_cache(
-            resolve_cache_dir(self.cache_dir),
-            subset,
-            items,
-            self.raw_data_loader,
-            parallel=self.parallel,
-            shard_bytes=self.shard_bytes,
-            lock_timeout=self.lock_timeout,
-        )
+        """Open the subsets ``stage`` uses (loads the memory tier; maps the disk tier)."""
+        tier = self._tier()
+        for name in self._subsets_for(stage):
+            if name not in self._datasets:
+                self._datasets[name] = tier.open(self._subset(name))
 
     def teardown(self, stage: str) -> None:
-        """Release the datasets of ``stage`` (and their mappings)."""
-        for subset in self._subsets_for(stage):
-            dataset = self._datasets.pop(subset, None)
-            if isinstance(dataset, CacheDataset):
+        """Close the datasets of ``stage`` (and release their mappings)."""
+        for name in self._subsets_for(stage):
+            dataset = self._datasets.pop(name, None)
+            if dataset is not None:
                 dataset.close()
 
     # ---- loaders ------------------------------------------------------------------------
 
-    def _dataset(self, subset: str) -> LabelledDataset:
+    def _dataset(self, subset: str) -> SampleDataset:
         try:
             return self._datasets[subset]
         except KeyError:
@@ -201,7 +176,7 @@ class CachingDataModule(lightning.LightningDataModule):
 
     def _loader(
         self,
-        dataset: LabelledDataset,
+        dataset: SampleDataset,
         *,
         shuffle: bool = False,
         drop_last: bool = False,

@@ -17,8 +17,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import resize
 
-from .errors import SplitError
-from .typing import DatabaseSplit, Sample
+from .core.errors import SplitError
+from .core.types import DatabaseSplit, Sample
 
 ImageMode = Literal["gray", "rgb", "unchanged"]
 _READ_MODES = {

@@ -3,13 +3,41 @@
 >>> from shardcache.store import CacheDataset, ensure_cache
 >>> dataset = ensure_cache(cache_dir, "train", items, loader)   # builds once, ever
 >>> tensor, metadata = dataset[0]                                 # a zero-copy view
+
+One module per job: `layout` (every name in a cache directory), `key`, `format` (the
+manifest), `header` and `shardfile` (shard files read and written), `options`, `writer`,
+`reader`, `locking` (build locks, leases), `removal`, `verification`, `usage`, `inventory`,
+`pruning`, `explain`, `atomic`, and `cache` (open or build). The names below are imported
+on first use, so that the command line, which needs only the inventory, starts without
+importing torch.
 """
 
-from .cache import discard, ensure_cache
-from .format import FORMAT_VERSION, Manifest, ShardInfo
-from .key import CacheKey, cache_key, loader_identity
-from .layout import CacheRoot, resolve_cache_dir
-from .reader import CacheDataset
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cache import ensure_cache
+    from .format import FORMAT_VERSION, Manifest, ShardInfo
+    from .key import CacheKey, cache_key, loader_identity
+    from .layout import CacheRoot, resolve_cache_dir
+    from .reader import CacheDataset
+    from .removal import discard
+
+_HOMES = {
+    "FORMAT_VERSION": "format",
+    "CacheDataset": "reader",
+    "CacheKey": "key",
+    "CacheRoot": "layout",
+    "Manifest": "format",
+    "ShardInfo": "format",
+    "cache_key": "key",
+    "discard": "removal",
+    "ensure_cache": "cache",
+    "loader_identity": "key",
+    "resolve_cache_dir": "layout",
+}
 
 __all__ = [
     "FORMAT_VERSION",
@@ -24,3 +52,10 @@ __all__ = [
     "loader_identity",
     "resolve_cache_dir",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'shardcache.store' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

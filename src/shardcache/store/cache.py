@@ -5,21 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import CacheDirError, CorruptCacheError
-from ..typing import RawDataLoader
+from ..core.errors import CacheDirError, CorruptCacheError
+from ..core.settings import DEFAULT_LOCK_TIMEOUT
+from ..core.types import RawDataLoader
 from .explain import explain_miss
-from .format import MANIFEST_NAME
-from .inventory import empty_trash
-from .key import KEY_CHARS_IN_NAME, CacheKey, cache_key
-from .layout import CacheRoot
-from .lock import DEFAULT_LOCK_TIMEOUT, BuildLock
+from .key import CacheKey, cache_key
+from .layout import KEY_CHARS_IN_NAME, MANIFEST_NAME, CacheRoot
+from .locking import BuildLock
+from .options import ShardOptions
 from .reader import CacheDataset
+from .removal import discard, empty_trash
 from .writer import build
 
 logger = logging.getLogger(__name__)
@@ -73,57 +72,20 @@ def _prepare_directory(path: Path) -> None:
         )
 
 
-def discard(root: CacheRoot, path: Path) -> None:
-    """Remove a published cache: one rename out of sight, then delete.
-
-    Files are unlinked, never truncated, so a process that has the shards mapped keeps
-    reading them.
-    """
-    trash = root.trash()
-    trash.mkdir(exist_ok=True)
-    moved = trash / f"{path.name}.{secrets.token_hex(4)}"
-    path.rename(moved)
-    shutil.rmtree(moved, ignore_errors=True)
-
-
-def ensure_cache(
-    cache_dir: str | os.PathLike[str],
+def _build_under_lock(
+    root: CacheRoot,
+    key: CacheKey,
     subset: str,
     items: Sequence[Any],
     loader: RawDataLoader,
     *,
-    parallel: int = -1,
-    shard_bytes: int | None = None,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    parallel: int,
+    options: ShardOptions,
+    lock_timeout: float,
 ) -> CacheDataset:
-    """Open ``subset``'s cache in ``cache_dir``, building it under the key's lock if needed.
-
-    A published cache is opened without the lock (so a read-only cache directory works);
-    a damaged one is discarded and rebuilt, or, when it cannot be removed, refused with an
-    error naming the file.
-    """
-    root = CacheRoot(Path(cache_dir))  # a str too: scripts without Lightning pass one
-    key = cache_key(subset, items, loader)
+    """Take ``key``'s build lock, then open what another process built meanwhile, or build."""
     name = root.cache_name(subset, key.digest)
-    damage: CorruptCacheError | None = None
-    try:
-        opened = _open_published(root, key)
-    except CorruptCacheError as error:
-        damage = error
-        logger.warning("cache %s is damaged and will be rebuilt: %s", name, error)
-    else:
-        if opened is not None:
-            return opened
-        logger.info("%s", explain_miss(root, subset, key, items))
-    try:
-        _prepare_directory(root.path)
-    except CacheDirError as error:
-        if damage is None:
-            raise
-        # Name the damaged file, not only the directory that keeps us from rebuilding it.
-        raise CacheDirError(f"{damage}; it cannot be rebuilt: {error}") from damage
     with BuildLock(root.lock(key.digest), name, lock_timeout) as lock:
-        # Another process may have built it while we waited for the lock.
         existing = root.find(key.digest)
         if existing is not None:
             try:
@@ -148,8 +110,58 @@ def ensure_cache(
             key=key,
             lock=lock,
             parallel=parallel,
-            shard_bytes=shard_bytes,
+            options=options,
         )
     with contextlib.suppress(OSError):
-        root.staging(key.digest).parent.rmdir()  # tidy when no other build is staged
+        root.staging_root().rmdir()  # tidy when no other build is staged
     return CacheDataset(path)
+
+
+def ensure_cache(
+    cache_dir: str | os.PathLike[str],
+    subset: str,
+    items: Sequence[Any],
+    loader: RawDataLoader,
+    *,
+    parallel: int = -1,
+    shard_bytes: int | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> CacheDataset:
+    """Open ``subset``'s cache in ``cache_dir``, building it under the key's lock if needed.
+
+    A published cache is opened without the lock (so a read-only cache directory works);
+    a damaged one is discarded and rebuilt, or, when it cannot be removed, refused with an
+    error naming the file. ``shard_bytes`` is the shard size target (None: automatic).
+    """
+    options = ShardOptions(target_bytes=shard_bytes)
+    root = CacheRoot(Path(cache_dir))  # a str too: scripts without Lightning pass one
+    key = cache_key(subset, items, loader)
+    damage: CorruptCacheError | None = None
+    try:
+        opened = _open_published(root, key)
+    except CorruptCacheError as error:
+        damage = error
+        name = root.cache_name(subset, key.digest)
+        logger.warning("cache %s is damaged and will be rebuilt: %s", name, error)
+    else:
+        if opened is not None:
+            return opened
+        logger.info("%s", explain_miss(root, subset, key, items))
+    try:
+        _prepare_directory(root.path)
+    except CacheDirError as error:
+        if damage is None:
+            raise
+        # Name the damaged file, not only the directory that keeps us from rebuilding it.
+        raise CacheDirError(f"{damage}; it cannot be rebuilt: {error}") from damage
+    # Another process may have built it while we waited for the lock: checked under it.
+    return _build_under_lock(
+        root,
+        key,
+        subset,
+        items,
+        loader,
+        parallel=parallel,
+        options=options,
+        lock_timeout=lock_timeout,
+    )

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptCacheError
-from .format import ITEMS_NAME, Manifest
+from ..core.errors import CorruptCacheError
+from .format import Manifest
 from .key import CacheKey, canonical_json
-from .layout import CACHE_NAME, CacheRoot, safe_subset_name
+from .layout import CACHE_NAME, ITEMS_NAME, MANIFEST_NAME, CacheRoot, safe_subset_name
 
 MAX_LISTED = 3
 """Differences named per kind before "and N more"."""
@@ -76,7 +76,7 @@ def explain_miss(root: CacheRoot, subset: str, key: CacheKey, items: Sequence[An
         if match is None or match["subset"] != prefix:
             continue
         try:
-            manifest = Manifest.read(path / "manifest.json")
+            manifest = Manifest.read(path / MANIFEST_NAME)
         except CorruptCacheError:
             continue
         differences = _differences(manifest.key_inputs, key.inputs)

@@ -1,11 +1,7 @@
-"""The on-disk format: version, file names, and the manifest parsed and checked in one place.
+"""The manifest: the format version, and every field a reader relies on, checked in one place.
 
-A published cache is a directory ``<subset>-<key[:24]>/`` holding::
-
-    manifest.json                         written last; a reader trusts nothing without it
-    items.json                            the split items, to explain a later cache miss
-    shard-<start>-<stop>-<xxh3>.safetensors   samples [start, stop); xxh3-128 of the file
-    last-used                             touched when a run opens the cache (not checked)
+A published cache holds a ``manifest.json`` beside its shards (names in `layout`); a reader
+trusts nothing without it, and this module is the one parser of it.
 """
 
 from __future__ import annotations
@@ -16,22 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptCacheError, FormatVersionError
+from ..core.errors import CorruptCacheError, FormatVersionError
+from .layout import SHARD_NAME
 
 FORMAT_NAME = "shardcache"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-ITEMS_NAME = "items.json"
-LAST_USED_NAME = "last-used"
-DEFAULT_SHARD_BYTES = 64 << 20
-"""Shard size target, as LitData and MosaicML Streaming chose: it bounds what a crash loses."""
-
-SHARD_NAME = re.compile(r"^shard-(\d{9})-(\d{9})-([0-9a-f]{32})\.safetensors$")
-
-
-def shard_name(start: int, stop: int, digest: str) -> str:
-    """The file name of the shard holding samples ``[start, stop)`` with checksum ``digest``."""
-    return f"shard-{start:09d}-{stop:09d}-{digest}.safetensors"
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,10 @@ from typing import Any
 
 import torch
 
-from ..errors import FingerprintError, SplitError
-from ..samples import describe
+from ..core.errors import FingerprintError, SplitError
+from ..core.samples import describe
 from .format import FORMAT_VERSION
-
-KEY_CHARS_IN_NAME = 24
-"""Hex digits of the key in a cache directory's name (96 bits); the manifest keeps all 64."""
+from .layout import KEY_CHARS_IN_NAME
 
 
 @dataclass(frozen=True)

@@ -1,42 +1,59 @@
-"""Where things live under a cache directory, and which directory that is.
+"""Every name under a cache directory, and which directory that is.
 
 ::
 
     <cache_dir>/
-      train-3f2a9c0d1e2f3a4b5c6d7e8f/      a published cache (see format.py)
+      train-3f2a9c0d1e2f3a4b5c6d7e8f/      a published cache:
+        manifest.json                       written last; a reader trusts nothing without it
+        items.json                          the split items, to explain a later cache miss
+        shard-<start>-<stop>-<xxh3>.safetensors   samples [start, stop) and the file's xxh3-128
+        last-used                           touched when a run opens the cache
       .staging/<key>/                      a build in progress, or one to resume
-      .locks/<key>.lock, <key>.owner.json  build locks and who holds them
-      .trash/                              caches being deleted (a rename, then rmtree)
+      .locks/<key>.lock                    the build lock of a key
+      .locks/<key>.owner.json              who holds it: pid, host, since, progress
+      .locks/<key>.lease                   shared flock of every process that has it open
+      .trash/                              caches being deleted (a rename, then unlinks)
+
+Nothing else in the store spells these names; this module creates nothing.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 
-import platformdirs
+from ..core import settings
 
-from .format import MANIFEST_NAME
-from .key import KEY_CHARS_IN_NAME
+KEY_CHARS_IN_NAME = 24
+"""Hex digits of the key in a cache directory's name (96 bits); the manifest keeps all 64."""
 
-ENVIRONMENT_VARIABLE = "SHARDCACHE_DIR"
+MANIFEST_NAME = "manifest.json"
+ITEMS_NAME = "items.json"
+LAST_USED_NAME = "last-used"
+STAGING_DIR = ".staging"
+LOCKS_DIR = ".locks"
+TRASH_DIR = ".trash"
+TEMPORARY_PREFIX = ".tmp-"
+
 CACHE_NAME = re.compile(rf"^(?P<subset>.+)-(?P<short>[0-9a-f]{{{KEY_CHARS_IN_NAME}}})$")
+SHARD_NAME = re.compile(r"^shard-(\d{9})-(\d{9})-([0-9a-f]{32})\.safetensors$")
+
+
+def shard_name(start: int, stop: int, digest: str) -> str:
+    """The file name of the shard holding samples ``[start, stop)`` with checksum ``digest``."""
+    return f"shard-{start:09d}-{stop:09d}-{digest}.safetensors"
+
+
+def shard_stem(start: int, stop: int) -> str:
+    """The name a shard is written under before its checksum is known (as a temporary)."""
+    return f"shard-{start:09d}-{stop:09d}"
 
 
 def resolve_cache_dir(cache_dir: str | PathLike[str] | None = None) -> Path:
-    """``cache_dir``, else ``$SHARDCACHE_DIR``, else the user cache dir for "shardcache".
-
-    Read at call time, so a variable set after import is honoured.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    from_environment = os.environ.get(ENVIRONMENT_VARIABLE)
-    if from_environment:
-        return Path(from_environment).expanduser()
-    return Path(platformdirs.user_cache_dir("shardcache"))
+    """``cache_dir``, else ``$SHARDCACHE_DIR``, else the user cache dir for "shardcache"."""
+    return settings.cache_dir(cache_dir)
 
 
 def safe_subset_name(subset: str) -> str:
@@ -54,17 +71,33 @@ class CacheRoot:
         """``train-3f2a…``: the readable name of ``subset``'s cache for ``key``."""
         return f"{safe_subset_name(subset)}-{key[:KEY_CHARS_IN_NAME]}"
 
+    def staging_root(self) -> Path:
+        """The directory holding every build's staging directory."""
+        return self.path / STAGING_DIR
+
     def staging(self, key: str) -> Path:
         """The build directory of ``key``, on the same filesystem as the published caches."""
-        return self.path / ".staging" / key
+        return self.staging_root() / key
+
+    def locks(self) -> Path:
+        """The directory of lock, owner and lease files."""
+        return self.path / LOCKS_DIR
 
     def lock(self, key: str) -> Path:
         """The build lock file of ``key``."""
-        return self.path / ".locks" / f"{key}.lock"
+        return self.locks() / f"{key}.lock"
+
+    def owner(self, key: str) -> Path:
+        """The file saying who holds ``key``'s build lock."""
+        return self.locks() / f"{key}.owner.json"
+
+    def lease(self, key: str) -> Path:
+        """The lease file of ``key``: shared-locked by every process that has it open."""
+        return self.locks() / f"{key}.lease"
 
     def trash(self) -> Path:
         """Where caches go to be deleted, so no reader ever sees half a directory."""
-        return self.path / ".trash"
+        return self.path / TRASH_DIR
 
     def published(self) -> Iterator[Path]:
         """Every directory that looks like a published cache, sorted by name."""

@@ -11,9 +11,7 @@ own, one started with ``fork`` inherits them.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import functools
-import logging
 import os
 import weakref
 from os import PathLike
@@ -23,23 +21,17 @@ from typing import Any, cast
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..dtypes import view_of
-from ..errors import ConfigurationError, CorruptCacheError
-from ..samples import fresh_metadata
-from ..typing import Sample
-from .format import LAST_USED_NAME, MANIFEST_NAME, Manifest, ShardInfo
-from .inventory import Lease
-from .shardfile import ShardHeader, TensorEntry, read_header
-
-logger = logging.getLogger(__name__)
-
-
-def mmap_enabled() -> bool:
-    """False when ``SHARDCACHE_MMAP=0`` asks for plain reads (for unreliable network mounts)."""
-    value = os.environ.get("SHARDCACHE_MMAP", "1").strip().lower()
-    if value not in {"0", "1", "false", "true", "no", "yes", ""}:
-        raise ConfigurationError(f"SHARDCACHE_MMAP={value!r}: expected 0 or 1")
-    return value not in {"0", "false", "no"}
+from ..core import settings
+from ..core.dtypes import DTYPES_BY_CODE, view_of
+from ..core.errors import CorruptCacheError
+from ..core.samples import fresh_metadata
+from ..core.types import Sample
+from .format import Manifest, ShardInfo
+from .header import ShardHeader, TensorEntry, read_header
+from .layout import MANIFEST_NAME, CacheRoot
+from .locking import Lease
+from .usage import touch_last_used
+from .verification import check_sizes
 
 
 class _OpenShard:
@@ -98,6 +90,7 @@ class _OpenShard:
         key = (entry.begin, in_worker)
         view = self._views.get(key)
         if view is None:
+            dtype = DTYPES_BY_CODE[entry.code]
             if in_worker:
                 # In a DataLoader worker, a view of a storage *slice* (still zero-copy): a
                 # worker that sends a view of the from_file storage itself (batch_size=None,
@@ -105,10 +98,9 @@ class _OpenShard:
                 # (it dups the mapping's closed fd: EBADF) and the loader hangs; a slice is
                 # shared by copying this sample's bytes only.
                 window = storage[entry.begin : entry.end]
-                view = view_of(window, 0, entry.shape, entry.dtype, entry.stride)
+                view = view_of(window, 0, entry.shape, dtype)
             else:
-                offset = entry.begin // entry.dtype.itemsize
-                view = view_of(storage, offset, entry.shape, entry.dtype, entry.stride)
+                view = view_of(storage, entry.begin // entry.itemsize, entry.shape, dtype)
             self._views[key] = view
         return view
 
@@ -118,7 +110,7 @@ class _OpenShard:
             # A new tensor object over the same bytes (~0.5 us, against ~6 us to build a
             # view), so that what a caller does to the object itself stays with it.
             return self._view(self.storage, entry).detach()
-        tensor = torch.empty(entry.shape, dtype=entry.dtype)
+        tensor = torch.empty(entry.shape, dtype=DTYPES_BY_CODE[entry.code])
         buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
         read = os.preadv(self.descriptor, [buffer], entry.begin)
         if read != entry.end - entry.begin:
@@ -159,37 +151,19 @@ class CacheDataset(Dataset[Sample]):
     def __init__(self, path: str | PathLike[str], *, use_mmap: bool | None = None) -> None:
         self.path = Path(path)
         self.manifest = Manifest.read(self.path / MANIFEST_NAME)
-        self.use_mmap = mmap_enabled() if use_mmap is None else use_mmap
+        self.use_mmap = settings.mmap_enabled() if use_mmap is None else use_mmap
         # Held until close(): `shardcache prune` never removes a cache a live process holds.
         # Taken before the shard checks, so that what they find stays there.
-        self._lease = Lease.take(self.path.parent, self.manifest.key)
+        self._lease = Lease.take(CacheRoot(self.path.parent).lease(self.manifest.key))
         try:
-            for shard in self.manifest.shards:
-                shard_path = self.path / shard.file
-                try:
-                    size = shard_path.stat().st_size
-                except FileNotFoundError as error:
-                    raise CorruptCacheError(
-                        f"{shard_path}: shard is missing", path=shard_path
-                    ) from error
-                if size != shard.bytes:
-                    raise CorruptCacheError(
-                        f"{shard_path}: shard is {size} bytes, the manifest says {shard.bytes}",
-                        path=shard_path,
-                    )
+            check_sizes(self.path, self.manifest)
         except BaseException:
             if self._lease is not None:
                 self._lease.release()
             raise
         self._starts = [shard.start for shard in self.manifest.shards]
         self._shards: list[_OpenShard] | None = None
-        self._touch_last_used()
-
-    def _touch_last_used(self) -> None:
-        """Record this use for ``shardcache list``/``prune``; a read-only cache is fine."""
-        marker = self.path / LAST_USED_NAME
-        with contextlib.suppress(OSError):
-            marker.touch()
+        touch_last_used(self.path)  # for `shardcache list` and `prune`
 
     def __len__(self) -> int:
         return self.manifest.num_samples

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -26,31 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..decoding import Decoded, decode
-from ..errors import CorruptCacheError, InsufficientSpaceError
-from ..typing import RawDataLoader
-from ..units import format_size
-from .atomic import fsync_directory, temporary_name, write_atomically
-from .format import (
-    DEFAULT_SHARD_BYTES,
-    ITEMS_NAME,
-    MANIFEST_NAME,
-    SHARD_NAME,
-    Manifest,
-    ShardInfo,
-    shard_name,
-)
+from ..core.decoding import Decoded, decode
+from ..core.errors import CorruptCacheError, InsufficientSpaceError
+from ..core.types import RawDataLoader
+from ..core.units import format_size
+from .atomic import PendingFile, fsync_directory, write_atomically
+from .format import Manifest, ShardInfo
+from .header import file_digest, read_header
 from .key import CacheKey, canonical_json
-from .lock import BuildLock
-from .shardfile import file_digest, read_header, write_shard
+from .layout import ITEMS_NAME, MANIFEST_NAME, SHARD_NAME, TEMPORARY_PREFIX, shard_name, shard_stem
+from .locking import BuildLock
+from .options import DEFAULT_SHARD_BYTES, ShardOptions, automatic_shard_bytes
+from .shardfile import write_shard
 
 logger = logging.getLogger(__name__)
 
 SPACE_ESTIMATE_SAMPLES = 16
 """Samples decoded before the free-space check estimates the whole build's size."""
-
-MIN_SHARD_BYTES = 4 << 20
-"""The smallest automatic shard target: fewer files and fsyncs for small builds."""
 
 SPACE_MARGIN = 1.05
 """Headroom over the estimate: headers, the manifest, and samples larger than the first."""
@@ -67,15 +58,6 @@ def _sample_bytes(sample: Decoded) -> int:
     return sum(int(tensor.nbytes) for tensor in tensors)
 
 
-def automatic_shard_bytes(total_bytes: int) -> int:
-    """A 32nd of the build, between `MIN_SHARD_BYTES` and `DEFAULT_SHARD_BYTES`.
-
-    The last shard's write and fsync cannot overlap decoding; a small build with 64 MiB
-    shards would wait for most of its data at the end.
-    """
-    return max(MIN_SHARD_BYTES, min(DEFAULT_SHARD_BYTES, total_bytes // 32))
-
-
 class _ShardWriter:
     """Groups decoded samples into shards and writes them on a background thread.
 
@@ -83,10 +65,10 @@ class _ShardWriter:
     the GIL); a bounded queue keeps at most two shards in memory.
     """
 
-    def __init__(self, staging: Path, shard_bytes: int | None, samples_to_write: int) -> None:
+    def __init__(self, staging: Path, options: ShardOptions, samples_to_write: int) -> None:
         self.staging = staging
-        self.automatic_size = shard_bytes is None
-        self.shard_bytes = DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes
+        self.automatic_size = options.target_bytes is None
+        self.shard_bytes = options.target_bytes or DEFAULT_SHARD_BYTES
         self.samples_to_write = samples_to_write
         self.written: list[_Shard] = []
         self.samples_written = 0
@@ -152,19 +134,13 @@ class _ShardWriter:
         start, stop = samples[0].index, samples[-1].index + 1
         # The final name carries the checksum, known once the file is written; until the
         # rename, the temporary name keeps resume scans and readers away from it.
-        temporary = temporary_name(self.staging / f"shard-{start:09d}-{stop:09d}")
         try:
-            with temporary.open("xb") as stream:
-                size, digest = write_shard(stream, samples)
-                stream.flush()
-                # fsync before rename: else a power loss can leave an empty file under the
-                # final name (ext4 delayed allocation), which resume would then re-check.
-                os.fsync(stream.fileno())
-            final = self.staging / shard_name(start, stop, digest)
-            temporary.replace(final)
-        except BaseException as error:
-            temporary.unlink(missing_ok=True)
-            if isinstance(error, OSError) and error.errno in NO_SPACE:
+            with PendingFile(self.staging / shard_stem(start, stop)) as pending:
+                size, digest = write_shard(pending.stream, samples)
+                final = self.staging / shard_name(start, stop, digest)
+                pending.commit(final)
+        except OSError as error:
+            if error.errno in NO_SPACE:
                 raise _no_space(error, f"samples [{start}, {stop})", self.staging) from error
             raise
         logger.debug("wrote %s (%d samples, %d bytes)", final.name, stop - start, size)
@@ -200,7 +176,7 @@ def _reusable_shards(staging: Path, num_items: int) -> list[_Shard]:
     """Complete, checksum-verified shards of an interrupted build; others are deleted."""
     found: list[_Shard] = []
     for path in sorted(staging.iterdir()):
-        if path.name.startswith(".tmp-"):
+        if path.name.startswith(TEMPORARY_PREFIX):
             path.unlink()  # a dead writer's partial file; we hold the lock
             continue
         match = SHARD_NAME.match(path.name)
@@ -251,21 +227,17 @@ def _make_staging(staging: Path) -> None:
     staging.mkdir(parents=True, exist_ok=True)
 
 
-def build(
-    *,
-    root_path: Path,
+def _decode_missing(
     staging: Path,
     name: str,
     subset: str,
     items: Sequence[Any],
     loader: RawDataLoader,
-    key: CacheKey,
     lock: BuildLock,
     parallel: int,
-    shard_bytes: int | None,
-) -> Path:
-    """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
-    _make_staging(staging)
+    options: ShardOptions,
+) -> list[_Shard]:
+    """Every shard of the build: the verified ones in ``staging`` and those decoded now."""
     reused = _reusable_shards(staging, len(items))
     missing = _missing_indices(len(items), reused)
     if reused:
@@ -277,10 +249,10 @@ def build(
             len(missing),
         )
     else:
-        logger.info("building %s (%d samples) in %s", name, len(items), root_path)
+        logger.info("building %s (%d samples) in %s", name, len(items), staging.parent.parent)
     shards = list(reused)
     if missing:
-        writer = _ShardWriter(staging, shard_bytes, len(missing))
+        writer = _ShardWriter(staging, options, len(missing))
         try:
             for sample in decode(
                 subset, items, loader, indices=missing, parallel=parallel, storable=True
@@ -291,18 +263,11 @@ def build(
             # Keeps what was decoded before a failure, for the next build to resume.
             writer.close()
         shards += writer.written
-    shards.sort(key=lambda shard: shard.info.start)
-    labels = [label for shard in shards for label in shard.labels]
-    manifest = Manifest(
-        key=key.digest,
-        subset=subset,
-        num_samples=len(items),
-        shards=tuple(shard.info for shard in shards),
-        labels=tuple(labels),
-        key_inputs=key.inputs,
-        library_version=__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    return sorted(shards, key=lambda shard: shard.info.start)
+
+
+def _publish(staging: Path, final: Path, manifest: Manifest, items: Sequence[Any]) -> None:
+    """Write the items and the manifest, then rename ``staging`` to ``final``."""
     # The manifest goes last: its presence is what makes the directory a cache.
     for file_name, text in (
         (ITEMS_NAME, canonical_json(list(items))),
@@ -316,8 +281,37 @@ def build(
                 raise _no_space(error, file_name, staging) from error
             raise
     fsync_directory(staging)
-    final = root_path / name
     staging.rename(final)  # one atomic step from "building" to "published"
-    fsync_directory(root_path)
+    fsync_directory(final.parent)
+
+
+def build(
+    *,
+    root_path: Path,
+    staging: Path,
+    name: str,
+    subset: str,
+    items: Sequence[Any],
+    loader: RawDataLoader,
+    key: CacheKey,
+    lock: BuildLock,
+    parallel: int,
+    options: ShardOptions,
+) -> Path:
+    """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
+    _make_staging(staging)
+    shards = _decode_missing(staging, name, subset, items, loader, lock, parallel, options)
+    manifest = Manifest(
+        key=key.digest,
+        subset=subset,
+        num_samples=len(items),
+        shards=tuple(shard.info for shard in shards),
+        labels=tuple(label for shard in shards for label in shard.labels),
+        key_inputs=key.inputs,
+        library_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    final = root_path / name
+    _publish(staging, final, manifest, items)
     logger.info("published %s: %d samples, %d shards", name, len(items), len(shards))
     return final

@@ -9,7 +9,7 @@ import torch
 
 from .dtypes import SAFETENSORS_CODES
 from .errors import SampleError
-from .typing import Sample
+from .types import Sample
 
 
 def describe(subset: str, index: int, item: Any) -> str:

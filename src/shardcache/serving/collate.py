@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-from .dtypes import view_of
+from ..core.dtypes import view_of
 
 FREE, FILLED, DELIVERED = 0, 1, 2
 SLOTS_PER_PROCESS = 4

@@ -1,4 +1,4 @@
-"""Types shared by the DataModule, the datasets and the store."""
+"""Types shared by every layer: samples, splits, raw loaders, transforms."""
 
 from __future__ import annotations
 
@@ -27,4 +27,18 @@ class RawDataLoader(Protocol):
 
     def label(self, item: Any) -> int:
         """Return ``item``'s class without decoding its pixels."""
+        ...
+
+
+class SampleDataset(Protocol):
+    """What every tier serves: a map-style dataset with labels, that can be closed."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Sample: ...
+    def labels(self) -> list[int | None]:
+        """Every sample's label, without decoding pixels."""
+        ...
+
+    def close(self) -> None:
+        """Release what the dataset holds (mappings, leases); served samples stay valid."""
         ...

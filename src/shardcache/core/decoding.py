@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .errors import BadSamplesError
 from .samples import check_sample, check_storable, describe
-from .typing import RawDataLoader
+from .types import RawDataLoader
 from .workers import num_workers, worker_context
 
 logger = logging.getLogger(__name__)

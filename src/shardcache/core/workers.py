@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from multiprocessing.context import BaseContext
 
 from .errors import ConfigurationError
+from .settings import start_method
 
 
 def available_cpus() -> int:
@@ -29,31 +29,12 @@ def num_workers(parallel: int) -> int:
     return parallel or available_cpus()
 
 
-START_METHOD_VARIABLE = "SHARDCACHE_START_METHOD"
-
-
 def worker_context(workers: int) -> BaseContext | None:
     """The multiprocessing context for ``workers`` processes (None: DataLoader's default).
 
-    ``SHARDCACHE_START_METHOD`` (``fork``, ``spawn`` or ``forkserver``), read at call
-    time, chooses how decoding and DataLoader workers start: e.g. ``spawn`` to check that
-    a raw loader and its samples and errors cross a process boundary by pickling, as they
-    must on macOS and Windows, or to avoid forking a process that runs threads. Unset:
-    ``spawn`` on macOS, the platform's default elsewhere.
-
-    Raises:
-        ConfigurationError: the variable names a start method this platform lacks.
+    Chosen by ``SHARDCACHE_START_METHOD`` (see `shardcache.core.settings`).
     """
     if workers <= 0:
         return None
-    method = os.environ.get(START_METHOD_VARIABLE, "").strip().lower()
-    if method:
-        if method not in multiprocessing.get_all_start_methods():
-            raise ConfigurationError(
-                f"{START_METHOD_VARIABLE}={method!r}: expected one of "
-                + ", ".join(multiprocessing.get_all_start_methods())
-            )
-        return multiprocessing.get_context(method)
-    if sys.platform == "darwin":
-        return multiprocessing.get_context("spawn")
-    return None
+    method = start_method()
+    return None if method is None else multiprocessing.get_context(method)

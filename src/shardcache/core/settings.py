@@ -1,0 +1,95 @@
+"""Every ``SHARDCACHE_*`` environment variable: read at call time, parsed and checked here.
+
+===========================  ==============================================================
+``SHARDCACHE_DIR``           the cache directory when ``cache_dir`` is not given (default:
+                             the user cache directory for "shardcache", e.g.
+                             ``~/.cache/shardcache`` on Linux)
+``SHARDCACHE_LOCK``          ``fcntl`` (default) or ``soft``: lock files instead of ``fcntl``
+                             locks, for network filesystems where those hang; a waiter
+                             removes a soft lock whose owner died on the same host
+``SHARDCACHE_MMAP``          ``1`` (default) or ``0``: read samples with ``pread`` instead of
+                             memory-mapping shards (for mounts where mmap is unreliable)
+``SHARDCACHE_START_METHOD``  ``fork``, ``spawn`` or ``forkserver``: how decoding and
+                             DataLoader workers start (default: ``spawn`` on macOS, the
+                             platform's default elsewhere); ``spawn`` checks that a loader,
+                             its samples and errors cross a process boundary by pickling
+===========================  ==============================================================
+
+Read at call time, never at import, so a variable set after ``import shardcache`` counts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from os import PathLike
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+
+from .errors import ConfigurationError
+
+CACHE_DIR_VARIABLE = "SHARDCACHE_DIR"
+LOCK_VARIABLE = "SHARDCACHE_LOCK"
+MMAP_VARIABLE = "SHARDCACHE_MMAP"
+START_METHOD_VARIABLE = "SHARDCACHE_START_METHOD"
+
+LockKind = Literal["fcntl", "soft"]
+
+DEFAULT_LOCK_TIMEOUT = 6 * 3600.0
+"""Seconds a process waits for another's build of a cache: longer than any sane build."""
+
+
+def default_cache_dir() -> Path:
+    """The user cache directory for "shardcache", used when nothing else is set."""
+    return Path(platformdirs.user_cache_dir("shardcache"))
+
+
+def cache_dir(explicit: str | PathLike[str] | None = None) -> Path:
+    """``explicit``, else ``$SHARDCACHE_DIR``, else `default_cache_dir`."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    if from_environment := os.environ.get(CACHE_DIR_VARIABLE):
+        return Path(from_environment).expanduser()
+    return default_cache_dir()
+
+
+def lock_kind() -> LockKind:
+    """``fcntl`` (default) or ``soft``, from ``SHARDCACHE_LOCK``."""
+    kind = os.environ.get(LOCK_VARIABLE, "").strip().lower() or "fcntl"
+    if kind == "fcntl":
+        return "fcntl"
+    if kind == "soft":
+        return "soft"
+    raise ConfigurationError(f"{LOCK_VARIABLE}={kind!r}: expected 'fcntl' or 'soft'")
+
+
+_TRUE = {"1", "true", "yes", ""}
+_FALSE = {"0", "false", "no"}
+
+
+def mmap_enabled() -> bool:
+    """False when ``SHARDCACHE_MMAP=0`` asks for plain reads."""
+    value = os.environ.get(MMAP_VARIABLE, "1").strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ConfigurationError(f"{MMAP_VARIABLE}={value!r}: expected 0 or 1")
+    return value in _TRUE
+
+
+def start_method() -> str | None:
+    """The multiprocessing start method for workers, or None for the platform's default.
+
+    Raises:
+        ConfigurationError: ``SHARDCACHE_START_METHOD`` names a method this platform lacks.
+    """
+    method = os.environ.get(START_METHOD_VARIABLE, "").strip().lower()
+    if method:
+        available = multiprocessing.get_all_start_methods()
+        if method not in available:
+            raise ConfigurationError(
+                f"{START_METHOD_VARIABLE}={method!r}: expected one of {', '.join(available)}"
+            )
+        return method
+    return "spawn" if sys.platform == "darwin" else None

@@ -1,0 +1,200 @@
+"""Shard headers parsed and checked without torch, and whole-file checksums.
+
+A shard is a safetensors file: an 8-byte little-endian header length, a JSON header, then
+tensor data. Besides the tensors' entries the header holds ``__metadata__["shardcache"]``,
+one JSON record per sample (see `shardfile`). Everything a reader relies on is checked
+here, one check per lie, so that `CorruptCacheError` names the file and what is wrong.
+Torch-free, so that ``shardcache verify`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from ..core.errors import CorruptCacheError
+
+RECORD_KEY = "shardcache"
+MAX_HEADER_BYTES = 100_000_000
+"""safetensors' own limit on header size."""
+
+ITEMSIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "C64": 8,
+}
+"""Bytes per element of each safetensors dtype code a shard may hold."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in a shard file (byte offsets from the file's start)."""
+
+    code: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return ITEMSIZES[self.code]
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """A shard's parsed header: its tensors and per-sample records."""
+
+    tensors: dict[str, TensorEntry]
+    records: list[dict[str, Any]]
+    start: int
+    stop: int
+    file_bytes: int
+
+
+def file_digest(path: Path) -> str:
+    """xxh3-128 of a whole file, read in 8 MiB pieces."""
+    hasher = xxhash.xxh3_128()
+    with path.open("rb") as stream:
+        while chunk := stream.read(8 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+ReadAt = Callable[[int, int], bytes]
+"""``read_at(offset, size)``: bytes of an already opened shard (a mapping or a descriptor)."""
+
+
+def _corrupt(path: Path, problem: str) -> CorruptCacheError:
+    return CorruptCacheError(f"{path}: {problem}", path=path)
+
+
+def size_problem(size: int, expected: int) -> str | None:
+    """What is wrong with a shard of ``size`` bytes that the manifest says has ``expected``."""
+    if size != expected:
+        return f"shard is {size} bytes, the manifest says {expected}"
+    return None
+
+
+def _header_bytes(path: Path, read_at: ReadAt, size: int) -> bytes:
+    """The raw JSON header of a shard of ``size`` bytes."""
+    prefix = read_at(0, 8) if size >= 8 else b""
+    if len(prefix) < 8:
+        raise _corrupt(path, "shard is shorter than a safetensors header")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > min(MAX_HEADER_BYTES, size - 8):
+        raise _corrupt(path, f"shard header length {length} exceeds what the file holds")
+    return read_at(8, length)
+
+
+def _read_header_bytes(path: Path, expected_bytes: int | None) -> tuple[bytes, int]:
+    """The raw JSON header and the size of the file at ``path``."""
+    try:
+        with path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if expected_bytes is not None and (problem := size_problem(size, expected_bytes)):
+                raise _corrupt(path, problem)
+            return _header_bytes(
+                path, lambda offset, n: os.pread(stream.fileno(), n, offset), size
+            ), size
+    except FileNotFoundError as error:
+        raise _corrupt(path, "shard is missing") from error
+    except OSError as error:
+        raise _corrupt(path, f"shard cannot be read: {error}") from error
+
+
+def _tensor_entries(path: Path, header: dict[str, Any], data_start: int) -> dict[str, TensorEntry]:
+    """Check each tensor's entry, and that together they cover the data without holes."""
+    tensors: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        try:
+            code = info["dtype"]
+            itemsize = ITEMSIZES[code]
+            shape = tuple(int(n) for n in info["shape"])
+            begin, end = (int(n) for n in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise _corrupt(path, f"tensor {name!r} has a malformed entry ({error!r})") from error
+        if begin < 0 or end - begin != math.prod(shape) * itemsize:
+            raise _corrupt(path, f"tensor {name!r} spans {end - begin} bytes, unlike its shape")
+        if begin % itemsize:
+            raise _corrupt(path, f"tensor {name!r} is not aligned to its dtype")
+        tensors[name] = TensorEntry(code, shape, data_start + begin, data_start + end)
+    covered = data_start
+    for entry in sorted(tensors.values(), key=lambda entry: entry.begin):
+        if entry.begin != covered:
+            raise _corrupt(path, "shard tensor data has holes or overlaps")
+        covered = entry.end
+    return tensors
+
+
+def read_header(
+    path: Path,
+    *,
+    expected_bytes: int | None = None,
+    opened: tuple[ReadAt, int] | None = None,
+) -> ShardHeader:
+    """Parse and check a shard's header; `CorruptCacheError` names the file and the lie.
+
+    Args:
+        path: the shard file, read unless ``opened`` is given; named in errors.
+        expected_bytes: the size the manifest promises.
+        opened: ``(read_at, size)`` of a shard already mapped or opened, which reads it
+            even after its file was unlinked.
+    """
+    if opened is None:
+        raw, size = _read_header_bytes(path, expected_bytes)
+    else:
+        read_at, size = opened
+        raw = _header_bytes(path, read_at, size)
+    try:
+        header = json.loads(raw)
+        record = json.loads(header.pop("__metadata__")[RECORD_KEY])
+        records = record["samples"]
+        start, stop = record["start"], record["stop"]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _corrupt(
+            path, f"header is not a shardcache safetensors header ({error!r})"
+        ) from error
+    # Valid JSON of the wrong shape must be refused here too, not fail later with a
+    # TypeError (resume would crash on such a staged shard at every run).
+    if not (isinstance(records, list) and type(start) is int and type(stop) is int):
+        raise _corrupt(path, "header's sample records or range are malformed")
+    if len(records) != stop - start:
+        raise _corrupt(path, f"{len(records)} sample records for samples [{start}, {stop})")
+    tensors = _tensor_entries(path, header, 8 + len(raw))
+    end = max((entry.end for entry in tensors.values()), default=8 + len(raw))
+    if end != size:
+        raise _corrupt(path, f"shard is {size} bytes, its header describes {end}")
+    for offset, sample in enumerate(records):
+        index = start + offset
+        if (
+            str(index) not in tensors
+            or not isinstance(sample, dict)
+            or not isinstance(sample.get("metadata"), dict)
+            or not isinstance(sample.get("tensors", []), list)
+            or ("tensors" in sample and not isinstance(sample.get("order"), list))
+            or any(f"{index}/{name}" not in tensors for name in sample.get("tensors", ()))
+        ):
+            raise _corrupt(path, f"sample {index} has a malformed record or lacks a tensor")
+    return ShardHeader(tensors, records, start, stop, size)

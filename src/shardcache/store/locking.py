@@ -1,0 +1,348 @@
+"""Who may build, and who is reading: build locks, leases and probes, on one lock backend.
+
+**Build lock** (`BuildLock`): one builder per key across processes, jobs and nodes, with a
+deadline. An owner file beside the lock says who holds it, since when and how far the build
+got, so that waiters can log it.
+
+**Lease** (`Lease`): a shared ``flock`` that every process holding a cache open keeps until
+``close()``; ``shardcache prune`` removes a cache only while it holds that lock
+exclusively (`exclusive_lease`), so it never deletes a cache a live process uses.
+
+**Backend**, chosen in one place (`backend`), from ``SHARDCACHE_LOCK``: ``fcntl`` (the
+kernel releases a dead holder's lock) or ``soft`` (lock files, for filesystems whose
+``fcntl`` locks hang; a waiter removes a lock whose owner died on this host; no leases).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import filelock
+
+from ..core import settings
+from ..core.errors import LockTimeoutError
+from ..core.settings import DEFAULT_LOCK_TIMEOUT
+from .atomic import write_atomically
+from .layout import TEMPORARY_PREFIX
+
+logger = logging.getLogger(__name__)
+
+WAIT_LOG_INTERVAL = 30.0
+"""Seconds between the log lines of a waiting process."""
+
+PROGRESS_INTERVAL = 2.0
+"""Least seconds between two progress updates of the owner file."""
+
+LEASE_WAIT = 5.0
+"""Seconds a new reader retries its shared lease while ``prune`` holds it for a removal."""
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+class _Backend:
+    """``fcntl`` locks: the kernel releases them when their holder dies; leases work."""
+
+    leases = True
+
+    def file_lock(self, path: Path) -> filelock.BaseFileLock:
+        # Created by the caller, in the process that takes it: filelock 4 refuses a lock
+        # object that crossed a fork.
+        return filelock.FileLock(str(path), thread_local=False)
+
+    def break_stale(
+        self,
+        lock: filelock.BaseFileLock,  # noqa: ARG002 (the soft backend's signature)
+        path: Path,  # noqa: ARG002
+        owner: dict[str, Any] | None,  # noqa: ARG002
+    ) -> bool:
+        """Remove a lock whose holder died: never needed, the kernel releases fcntl locks."""
+        return False
+
+
+class _SoftBackend(_Backend):
+    """Lock files: they work on any filesystem, and a dead holder's must be broken."""
+
+    leases = False
+
+    def file_lock(self, path: Path) -> filelock.BaseFileLock:
+        return filelock.SoftFileLock(str(path), thread_local=False)
+
+    def break_stale(
+        self, lock: filelock.BaseFileLock, path: Path, owner: dict[str, Any] | None
+    ) -> bool:
+        if owner is None:
+            return False
+        if getattr(lock, "pid", None) is not None:
+            # The lock file names its holder (filelock >= 3.22), and filelock breaks it when
+            # that holder died; our owner file may still name a dead earlier holder while a
+            # live one has just taken the lock, and must not break it.
+            return False
+        if owner.get("host") != socket.gethostname() or _pid_alive(int(owner.get("pid", 0))):
+            return False
+        logger.warning("removing the stale lock of dead %s", describe_owner(owner))
+        path.unlink(missing_ok=True)
+        return True
+
+
+_BACKENDS: dict[settings.LockKind, _Backend] = {"fcntl": _Backend(), "soft": _SoftBackend()}
+
+
+def backend() -> _Backend:
+    """The lock backend ``SHARDCACHE_LOCK`` asks for (read at call time)."""
+    return _BACKENDS[settings.lock_kind()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- build locks -----------------------------------------------------------------------------
+
+
+def owner_path(lock_path: Path) -> Path:
+    """The owner file that goes with a build lock file."""
+    return lock_path.with_suffix(".owner.json")
+
+
+def read_owner(path: Path) -> dict[str, Any] | None:
+    """The owner record of a lock, or None when there is none or it is unreadable."""
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def describe_owner(owner: dict[str, Any] | None) -> str:
+    """``pid 123 on host h since 12:00:00 (450/2000 samples)``, as far as it is known."""
+    if owner is None:
+        return "an unknown process"
+    text = f"pid {owner.get('pid')} on host {owner.get('host')} since {owner.get('since')}"
+    if owner.get("total"):
+        text += f" ({owner.get('done', 0)}/{owner['total']} samples)"
+    return text
+
+
+class BuildLock:
+    """Hold the build lock of one cache key; a context manager.
+
+    Args:
+        lock_path: the lock file (its directory is created).
+        name: the cache's name, for log lines.
+        timeout: seconds to wait for another holder before `LockTimeoutError`.
+    """
+
+    def __init__(self, lock_path: Path, name: str, timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self.lock_path = lock_path
+        self.owner_path = owner_path(lock_path)
+        self.name = name
+        self.timeout = timeout
+        self._owner: dict[str, Any] = {}
+        self._last_progress = 0.0
+        self._backend = backend()
+        self._lock = self._backend.file_lock(lock_path)
+
+    def __enter__(self) -> BuildLock:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.timeout
+        # The first attempt does not wait, so that a waiter says at once whom it waits for
+        # (not after WAIT_LOG_INTERVAL, nor never when the timeout is shorter than that).
+        wait = 0.0
+        while True:
+            try:
+                self._lock.acquire(timeout=wait)
+                break
+            except filelock.Timeout:
+                owner = read_owner(self.owner_path)
+                if self._backend.break_stale(self._lock, self.lock_path, owner):
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeoutError(
+                        f"gave up after {self.timeout:.0f} s waiting for the build of "
+                        f"{self.name}: lock {self.lock_path} is held by "
+                        f"{describe_owner(owner)}"
+                    ) from None
+                logger.warning(
+                    "waiting for %s, building %s (lock %s; giving up in %.0f s)",
+                    describe_owner(owner),
+                    self.name,
+                    self.lock_path,
+                    remaining,
+                )
+                # Never past the deadline: lock_timeout is the waiter's own bound.
+                wait = min(WAIT_LOG_INTERVAL, remaining)
+        # Only a holder writes this key's owner file: temporary ones beside it were left by
+        # a holder killed mid-write.
+        for stale in self.owner_path.parent.glob(f"{TEMPORARY_PREFIX}*-{self.owner_path.name}"):
+            stale.unlink(missing_ok=True)
+        self._owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "name": self.name,
+        }
+        self._write_owner()
+        return self
+
+    def _write_owner(self) -> None:
+        """Best effort: the owner file only informs waiters.
+
+        A full disk must not fail the build for it, nor (raised from ``__enter__``) leave
+        the lock taken with no ``__exit__`` to release it.
+        """
+        try:
+            write_atomically(self.owner_path, json.dumps(self._owner).encode(), durable=False)
+        except OSError as error:
+            logger.debug("cannot update the lock owner file %s: %s", self.owner_path, error)
+
+    def report_progress(self, done: int, total: int) -> None:
+        """Record progress in the owner file, at most every `PROGRESS_INTERVAL` seconds."""
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_INTERVAL and done < total:
+            return
+        self._last_progress = now
+        self._owner.update(done=done, total=total)
+        self._write_owner()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.owner_path.unlink(missing_ok=True)
+        finally:
+            self._lock.release()
+
+
+def build_in_progress(lock_path: Path) -> bool:
+    """Whether a live process holds the build lock at ``lock_path`` (a non-blocking probe)."""
+    if not lock_path.exists():
+        return False
+    try:
+        with BuildLock(lock_path, lock_path.stem[:24], timeout=0):
+            return False
+    except LockTimeoutError:
+        return True
+    except OSError:
+        return False  # a read-only cache directory: nobody can be building there
+
+
+# --- leases ----------------------------------------------------------------------------------
+
+
+class Lease:
+    """A shared lock saying "a live process has this cache open"; see the module docstring.
+
+    ``flock``, not ``fcntl``/``lockf`` record locks: a record lock is dropped when the
+    process closes *any* descriptor of the file (so one ``shardcache list`` probe in the
+    same process would end it), while an flock belongs to the open file description.
+    Release only ever closes the descriptor, never ``LOCK_UN``: a forked DataLoader worker
+    shares the description, and an unlock there would end the parent's lease too; a close
+    ends the lock only when the last process holding the description lets go.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    @classmethod
+    def take(cls, path: Path) -> Lease | None:
+        """The lease at ``path``, or None where one cannot be had (best effort).
+
+        None on a read-only cache directory, where ``.locks/`` is missing (a cache copied
+        out of a cache directory: no stray directory is created beside it), and with soft
+        locks (set for filesystems whose locks are unreliable). Reading such a cache still
+        works; only ``prune`` cannot see that it is in use.
+        """
+        if not backend().leases:
+            return None
+        try:
+            # Read-only access suffices for flock, so users sharing a cache dir can lease.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            logger.debug("no lease on %s: %s", path, error)
+            return None
+        deadline = time.monotonic() + LEASE_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return cls(fd, path)
+            except OSError as error:
+                # Contention means a prune is removing a cache right now: a rename, soon over.
+                if error.errno not in {errno.EAGAIN, errno.EACCES} or time.monotonic() > deadline:
+                    logger.debug("no lease on %s: %s", path, error)
+                    os.close(fd)
+                    return None
+            time.sleep(0.01)
+
+    def release(self) -> None:
+        """Let go of the lease (closes the descriptor; idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Lease holds a file descriptor and cannot be pickled")
+
+
+@contextlib.contextmanager
+def exclusive_lease(path: Path | None) -> Iterator[bool]:
+    """Hold the lease at ``path`` exclusively; yields False when a process holds it.
+
+    While held, no process can open the cache (new readers wait up to `LEASE_WAIT`).
+    ``None`` (no key known) and soft locks hold nothing and yield True.
+    """
+    if path is None or not backend().leases:
+        yield True
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield True  # never opened since the lease file was last removed: nobody holds it
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in {errno.EAGAIN, errno.EACCES}:
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def lease_held(path: Path | None) -> bool | None:
+    """Whether a live process holds the lease at ``path`` (None when it cannot be told)."""
+    try:
+        with exclusive_lease(path) as free:
+            return not free
+    except OSError:
+        return None

@@ -1,0 +1,46 @@
+"""Disk usage and times of cache directories, as ``list`` and ``prune`` report them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .layout import LAST_USED_NAME, MANIFEST_NAME
+
+
+def timestamp(seconds: float) -> datetime:
+    """A file time as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def directory_usage(path: Path) -> tuple[int, float]:
+    """Total bytes of the files in ``path`` and the newest modification time (flat dirs)."""
+    total, newest = 0, 0.0
+    try:
+        newest = path.stat().st_mtime
+        with os.scandir(path) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    if entry.is_file(follow_symlinks=False):
+                        total += info.st_size
+                    newest = max(newest, info.st_mtime)
+    except OSError:
+        pass
+    return total, newest
+
+
+def last_used(path: Path) -> datetime | None:
+    """The ``last-used`` marker's time, else the manifest's (a cache never opened since)."""
+    for name in (LAST_USED_NAME, MANIFEST_NAME):
+        with contextlib.suppress(OSError):
+            return timestamp((path / name).stat().st_mtime)
+    return None
+
+
+def touch_last_used(path: Path) -> None:
+    """Record a use of the cache ``path``; a read-only cache is fine."""
+    with contextlib.suppress(OSError):
+        (path / LAST_USED_NAME).touch()

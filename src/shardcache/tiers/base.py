@@ -1,0 +1,56 @@
+"""What a cache tier is: one small protocol, and the values every tier receives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, Protocol
+
+from ..core.settings import DEFAULT_LOCK_TIMEOUT
+from ..core.types import RawDataLoader, SampleDataset
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One subset to serve: its name, its split items, and what decodes them.
+
+    Attributes:
+        name: ``train``, ``validation``, ``monitor-*``... (never part of a cache key).
+        items: the split items, JSON-like values.
+        loader: the raw data loader.
+        parallel: processes for decoding: ``-1`` none, ``0`` one per CPU, ``n``.
+    """
+
+    name: str
+    items: Sequence[Any]
+    loader: RawDataLoader
+    parallel: int = -1
+
+
+@dataclass(frozen=True)
+class TierOptions:
+    """Settings of the persistent tier (the others ignore them).
+
+    Attributes:
+        cache_dir: where disk caches live (None: ``$SHARDCACHE_DIR``, else the user cache
+            directory), resolved when a cache is first needed.
+        lock_timeout: seconds to wait for another process's build of the same cache.
+        shard_bytes: target size of one shard file (None: automatic).
+    """
+
+    cache_dir: str | PathLike[str] | None = None
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    shard_bytes: int | None = None
+
+
+class Tier(Protocol):
+    """How one cache tier makes a subset servable."""
+
+    def prepare(self, subset: Subset) -> None:
+        """Do the once-per-node work before any process opens ``subset`` (a disk build)."""
+        ...
+
+    def open(self, subset: Subset) -> SampleDataset:
+        """Make ``subset`` servable in this process; the caller closes the dataset."""
+        ...

@@ -1,0 +1,57 @@
+"""The ``none`` tier: the raw loader decodes every sample on every access."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ..core.decoding import read_label
+from ..core.samples import check_sample, describe
+from ..core.types import RawDataLoader, Sample
+from .base import Subset, TierOptions
+
+
+class RawDataset(Dataset[Sample]):
+    """Decodes ``items[index]`` with the raw loader on every ``[index]``."""
+
+    def __init__(self, subset: str, items: Sequence[Any], loader: RawDataLoader) -> None:
+        self.subset = subset
+        self.items = items
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        item = self.items[index]
+        try:
+            value = self.loader.sample(item)
+        except Exception as error:
+            # The loader's own exception type, with the item it failed on (Python >= 3.11).
+            if hasattr(error, "add_note"):
+                error.add_note(f"while decoding {describe(self.subset, index, item)}")
+            raise
+        return check_sample(value, subset=self.subset, index=index, item=item)
+
+    def labels(self) -> list[int | None]:
+        """Labels from ``loader.label(item)``."""
+        return [read_label(self.loader, item) for item in self.items]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class NoneTier:
+    """Nothing to prepare; every process decodes on access."""
+
+    def __init__(self, options: TierOptions) -> None:
+        self.options = options  # nothing here uses them: every process decodes on its own
+
+    def prepare(self, subset: Subset) -> None:
+        """Nothing to do before processes open the subset."""
+
+    def open(self, subset: Subset) -> RawDataset:
+        """A dataset that decodes on access."""
+        return RawDataset(subset.name, subset.items, subset.loader)
