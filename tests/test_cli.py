@@ -318,7 +318,8 @@ def test_info(
     code, out, _ = run(capsys, "info", "train", "--cache-dir", str(root))
     assert code == 0
     created = manifest.created[:16].replace("T", " ")
-    assert out[:10] == [
+    tensor_bytes = format_size(40 * 64 * 4)
+    assert out[:11] == [
         train.name,
         f"  path:      {train}",
         "  state:     published",
@@ -326,24 +327,25 @@ def test_info(
         "  subset:    train",
         "  samples:   40",
         f"  size:      {format_size(size_of(train))} in 5 shards",
+        f"  storage:   {tensor_bytes} of tensors, stored as served",
         "  labels:    0: 14, 1: 13, 2: 13",
-        f"  created:   {created} by shardcache {manifest.library_version} (format 1)",
+        f"  created:   {created} by shardcache {manifest.library_version} (format 2)",
         "  last used: 2025-01-02 03:04",
     ]
-    assert out[10] == "key inputs:"
-    inputs = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in out[11:17]}
+    assert out[11] == "key inputs:"
+    inputs = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in out[12:18]}
     assert inputs == {
-        "format_version": "1",
+        "format_version": "2",
         "items_sha256": manifest.key_inputs["items_sha256"],
         "loader.attributes.width": "64",
         "loader.class": "_cli_helpers.TinyLoader",
         "loader.source_sha256": manifest.key_inputs["loader"]["source_sha256"],
         "num_items": "40",
     }
-    assert out[17] == "shards:"
+    assert out[18] == "shards:"
     first = manifest.shards[0]
-    assert out[18] == f"  {first.file}  samples 0-7    {format_size(first.bytes)}"
-    assert len(out) == 18 + 5
+    assert out[19] == f"  {first.file}  samples 0-7    {format_size(first.bytes)}"
+    assert len(out) == 19 + 5
 
 
 def test_info_json(capsys: pytest.CaptureFixture[str], caches: tuple[Path, Path, Path]) -> None:
@@ -355,6 +357,8 @@ def test_info_json(capsys: pytest.CaptureFixture[str], caches: tuple[Path, Path,
         "library_version",
         "format_version",
         "key_inputs",
+        "storage",
+        "shard_options",
         "label_counts",
         "shards",
     }

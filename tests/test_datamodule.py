@@ -458,7 +458,10 @@ def test_balanced_sampling_needs_integer_labels(tmp_path: Path, log: Path) -> No
 # ---- bad samples ---------------------------------------------------------------------------
 
 BAD_KINDS = {
-    "list": "raw_data_loader.sample() returned a list of length 3, expected a (Tensor, dict) pair",
+    "list": (
+        "raw_data_loader.sample() returned a list of length 3, expected a (Tensor, dict) pair "
+        "or a dict"
+    ),
     "tensor": "raw_data_loader.sample() returned list as the sample, expected a torch.Tensor",
     "metadata": "raw_data_loader.sample() returned list as metadata, expected a dict",
 }

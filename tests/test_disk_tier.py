@@ -81,9 +81,10 @@ def test_every_tier_serves_bitwise_equal_samples_and_decodes_once(tmp_path: Path
     in_workers = served_train(datamodule("disk", "workers.log", parallel=2))
     from_workers = list(DataLoader(in_workers, batch_size=None, num_workers=2, timeout=DEADLINE))
 
-    assert isinstance(built, CacheDataset)
-    assert isinstance(fresh, CacheDataset)
-    assert fresh is not built
+    # The DataLoader reads the tier's CacheDataset through a ServedDataset (narrow batches).
+    assert isinstance(built.dataset, CacheDataset)
+    assert isinstance(fresh.dataset, CacheDataset)
+    assert fresh.dataset is not built.dataset
     assert dataset_differences(expected, memory) == []
     assert dataset_differences(expected, built) == []
     assert dataset_differences(expected, fresh) == []

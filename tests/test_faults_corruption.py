@@ -163,7 +163,7 @@ def test_a_cache_directory_renamed_from_another_key_is_not_served(tmp_path: Path
 def test_flipped_tensor_bytes_are_left_to_verify(built: Path, tmp_path: Path) -> None:
     shard = _shard(built, 4)
     header = read_header(shard)
-    first = header.tensors[str(header.start)]
+    first = header.tensors[f"{header.start}/0"]
     with shard.open("r+b") as stream:
         stream.seek(first.begin + 5)
         byte = stream.read(1)

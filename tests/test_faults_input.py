@@ -53,7 +53,9 @@ def _fail(tmp_path: Path, loader: object, parallel: int, items: list | None = No
 
 EXPECTED = {
     "non_tensor": "raw_data_loader.sample() returned int as the sample, expected a torch.Tensor",
-    "non_pair": "raw_data_loader.sample() returned Tensor, expected a (Tensor, dict) pair",
+    "non_pair": (
+        "raw_data_loader.sample() returned Tensor, expected a (Tensor, dict) pair or a dict"
+    ),
     "non_dict": "raw_data_loader.sample() returned str as metadata, expected a dict",
     "open_file": (
         "metadata field 'handle' cannot be stored: _io.TextIOWrapper is not a JSON value. "

@@ -24,18 +24,20 @@ from shardcache.store.header import file_digest
 from shardcache.tiers.none import RawDataset
 
 ITEMS = [["a", 0], ["b", 1]]
+WEIGHTS = torch.arange(1024) % 256
 
 
 class GoldenLoader:
-    """A fixed tiny sample pair: a uint8 image with a bool mask, a float32 vector with JSON."""
+    """A fixed tiny sample pair: a uint8 image with a bool mask and 1,024 float weights that
+    are exact multiples of 1/255 (stored narrow), then a float32 vector with JSON metadata."""
 
     def sample(self, item: list[Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         if item[0] == "a":
-            mask = torch.tensor([True, False])
             return torch.tensor([[1, 2], [3, 4]], dtype=torch.uint8), {
                 "label": 0,
-                "mask": mask,
+                "mask": torch.tensor([True, False]),
                 "name": "a",
+                "weights": WEIGHTS.to(torch.float32) / 255,
             }
         return torch.tensor([1.5, -2.0]), {
             "label": 1,
@@ -48,26 +50,30 @@ class GoldenLoader:
         return int(item[1])
 
     def fingerprint(self) -> str:
-        return "golden-1"
+        return "golden-2"
 
 
-GOLDEN_KEY = "4259bb425bc1e461d771f0020571c06858bc0fd3fc07288b31f59d74b3ecce90"
-GOLDEN_DIGEST = "e2054bca7dac7944fefb29163fee425d"  # xxh3-128 of the whole shard file
+GOLDEN_KEY = "e45e256eefa919aee49840c3f87e4c25980ebf67d9390eb6bfee98e8fb64fa69"
+GOLDEN_DIGEST = "378ff402f538017c4c4fcca23927b17d"  # xxh3-128 of the whole shard file
 GOLDEN_SHARD = f"shard-000000000-000000002-{GOLDEN_DIGEST}.safetensors"
 GOLDEN_RECORDS = (
-    '{"format_version":1,"start":0,"stop":2,"samples":['
-    '{"label":0,"metadata":{"label":0,"name":"a"},"tensors":["mask"],'
-    '"order":["label","mask","name"]},'
-    '{"label":1,"metadata":{"label":1,"name":"b","score":0.25,"tags":["x",null]}}]}'
+    '{"format_version":2,"start":0,"stop":2,"samples":['
+    '{"label":0,"sample":{"pair":[{"tensor":0},{"dict":[["label",{"json":0}],'
+    '["mask",{"tensor":1}],["name",{"json":"a"}],["weights",{"tensor":2}]]}]},'
+    '"tensors":3,"widen":{"2":["U8","F32",255,"div"]}},'
+    '{"label":1,"sample":{"pair":[{"tensor":0},{"json":{"label":1,"name":"b","score":0.25,'
+    '"tags":["x",null]}}]},"tensors":1}]}'
 )
 GOLDEN_HEADER = (
-    '{"1":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-    '"0":{"dtype":"U8","shape":[2,2],"data_offsets":[8,12]},'
-    '"0/mask":{"dtype":"BOOL","shape":[2],"data_offsets":[12,14]},'
+    '{"1/0":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+    '"0/0":{"dtype":"U8","shape":[2,2],"data_offsets":[8,12]},'
+    '"0/1":{"dtype":"BOOL","shape":[2],"data_offsets":[12,14]},'
+    '"0/2":{"dtype":"U8","shape":[1024],"data_offsets":[14,1038]},'
     '"__metadata__":{"shardcache":' + json.dumps(GOLDEN_RECORDS) + "}}"
-).encode() + b" " * 6  # spaces pad the header so that tensor data starts 8-byte aligned
-# float32 [1.5, -2.0] of sample 1, then uint8 [[1, 2], [3, 4]] and bool [True, False] of 0
-GOLDEN_DATA = bytes.fromhex("0000c03f000000c0" + "01020304" + "0100")
+).encode() + b" "  # spaces pad the header so that tensor data starts 8-byte aligned
+# float32 [1.5, -2.0] of sample 1, then of sample 0: uint8 [[1, 2], [3, 4]], bool
+# [True, False], and the weights stored narrow as the uint8 they were divided from
+GOLDEN_DATA = bytes.fromhex("0000c03f000000c0" + "01020304" + "0100") + bytes(WEIGHTS.tolist())
 
 
 @pytest.fixture
@@ -106,7 +112,9 @@ def test_the_manifest_schema_is_pinned(cache: CacheDataset) -> None:
         "labels",
         "library_version",
         "num_samples",
+        "shard_options",
         "shards",
+        "storage",
         "subset",
     ]
     created = manifest.pop("created")
@@ -114,12 +122,12 @@ def test_the_manifest_schema_is_pinned(cache: CacheDataset) -> None:
     assert manifest == {
         "extra": {},
         "format": "shardcache",
-        "format_version": 1,
+        "format_version": 2,
         "key": GOLDEN_KEY,
         "key_inputs": {
-            "format_version": 1,
+            "format_version": 2,
             "items_sha256": "d961c692d55a5398569b91f00bbd703f26629ff3e0fa4f491a3d675559f931f0",
-            "loader": {"fingerprint": "golden-1"},
+            "loader": {"fingerprint": "golden-2"},
             "num_items": 2,
         },
         "labels": [0, 1],
@@ -134,9 +142,21 @@ def test_the_manifest_schema_is_pinned(cache: CacheDataset) -> None:
                 "xxh3_128": GOLDEN_DIGEST,
             }
         ],
+        "shard_options": {
+            "checksum": "xxh3_128",
+            "chosen_bytes": 4 << 20,
+            "narrowing": True,
+            "target_bytes": None,
+        },
+        "storage": {
+            "narrow_tensors": 1,
+            "served_bytes": 8 + 4 + 2 + 4 * 1024,
+            "stored_bytes": 8 + 4 + 2 + 1024,
+            "tensors": 4,
+        },
         "subset": "train",
     }
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2
 
 
 def test_a_loader_without_fingerprint_records_class_source_and_attributes(tmp_path: Path) -> None:
@@ -171,12 +191,17 @@ def test_any_safetensors_reader_opens_a_shard(cache: CacheDataset) -> None:
         tensors = {name: shard.get_tensor(name) for name in keys}
         records = json.loads(shard.metadata()["shardcache"])
 
-    assert keys == ["0", "0/mask", "1"]
+    assert keys == ["0/0", "0/1", "0/2", "1/0"]
     (first, first_metadata), second = cache[0], cache[1]
-    from_safetensors = (tensors["0"], {**first_metadata, "mask": tensors["0/mask"]})
+    # What a safetensors reader sees, widened as the record says: the samples we serve.
+    widened = tensors["0/2"].to(torch.float32) / 255
+    assert torch.equal(tensors["0/2"], WEIGHTS.to(torch.uint8))
+    from_safetensors = (tensors["0/0"], {**first_metadata, "mask": tensors["0/1"]})
+    from_safetensors[1]["weights"] = widened
     assert sample_differences((first, first_metadata), from_safetensors) == []
-    assert sample_differences(second, (tensors["1"], second[1])) == []
-    assert [record["metadata"]["name"] for record in records["samples"]] == ["a", "b"]
+    assert sample_differences(second, (tensors["1/0"], second[1])) == []
+    assert records["samples"][0]["widen"] == {"2": ["U8", "F32", 255, "div"]}
+    assert [record["sample"]["pair"][1] for record in records["samples"]][1]["json"]["name"] == "b"
     loaded = load_file(str(path))
     assert all(torch.equal(loaded[name], tensors[name]) for name in keys)
 

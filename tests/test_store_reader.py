@@ -96,8 +96,8 @@ def test_samples_and_metadata_tensors_are_views_into_a_private_mapping(tmp_path:
     start, end, permissions = mapping
     assert permissions.endswith("p")  # MAP_PRIVATE: a write copies the page
     assert end - start >= shard.stat().st_size
-    assert tensor.data_ptr() - start == data_offset(shard, "3")
-    assert metadata["mask"].data_ptr() - start == data_offset(shard, "3/mask")
+    assert tensor.data_ptr() - start == data_offset(shard, "3/0")
+    assert metadata["mask"].data_ptr() - start == data_offset(shard, "3/1")
     # Views of the process's one mapping (the main process skips a worker's storage slice).
     assert tensor.untyped_storage().data_ptr() == start
     assert again.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()

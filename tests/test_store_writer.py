@@ -14,10 +14,10 @@ MIB = 1 << 20
 
 
 class QuarterMebibyteLoader:
-    """Sample i: 256 KiB of float32 filled with i."""
+    """Sample i: 256 KiB of float32 filled with i + 0.5 (not narrowable: stored as float32)."""
 
     def sample(self, item: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        return torch.full((64, 1024), float(item)), {}
+        return torch.full((64, 1024), item + 0.5), {}
 
     def label(self, item: Any) -> int:
         return int(item) % 2
@@ -34,7 +34,7 @@ def test_a_small_build_gets_small_shards(tmp_path: Path) -> None:
     dataset = ensure_cache(tmp_path, "train", items, QuarterMebibyteLoader())
     sizes = [(shard.stop - shard.start) for shard in dataset.manifest.shards]
     assert sizes == [16, 16, 16, 16]
-    assert all(torch.equal(dataset[i][0], torch.full((64, 1024), float(i))) for i in items)
+    assert all(torch.equal(dataset[i][0], torch.full((64, 1024), i + 0.5)) for i in items)
 
 
 def test_an_explicit_shard_size_wins(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from .core.errors import SplitError
 from .core.types import DatabaseSplit, Sample
 
 ImageMode = Literal["gray", "rgb", "unchanged"]
+_RANGES = {torch.uint8: 255, torch.uint16: 65535}
+"""The largest value of each integer dtype torchvision decodes images into."""
 _READ_MODES = {
     "gray": ImageReadMode.GRAY,
     "rgb": ImageReadMode.RGB,
@@ -39,12 +41,16 @@ def _field(item: Any, key: str, position: int) -> Any:
 
 
 class ImageFileLoader:
-    """Decode PNG or JPEG files with ``torchvision.io`` into float32 tensors in [0, 1].
+    """Decode PNG or JPEG files with ``torchvision.io`` into tensors.
 
     Args:
         root: directory the items' paths are relative to.
         mode: ``"gray"`` ([1, H, W]), ``"rgb"`` ([3, H, W]) or ``"unchanged"``.
         size: ``(height, width)`` to resize to (antialiased), or None to keep the size.
+        dtype: ``torch.float32`` (or another float): values in [0, 1], the decoded integers
+            divided by their range (255 for 8-bit, 65535 for 16-bit images; the disk tier
+            stores such floats as the integers, exactly); ``torch.uint8`` or
+            ``torch.uint16``: the decoded integers as they are (the image's bit depth).
 
     Metadata: ``{"name": <relative path>, "label": <int>}`` when items carry a label.
     """
@@ -55,12 +61,16 @@ class ImageFileLoader:
         *,
         mode: ImageMode = "gray",
         size: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if mode not in _READ_MODES:
             raise ValueError(f"mode={mode!r}: expected one of {', '.join(_READ_MODES)}")
+        if not (dtype.is_floating_point or dtype in _RANGES):
+            raise ValueError(f"dtype={dtype}: expected a floating dtype, torch.uint8 or uint16")
         self.root = Path(root)
         self.mode = mode
         self.size = None if size is None else [int(n) for n in size]
+        self.dtype = dtype
 
     def sample(self, item: Any) -> Sample:
         """Read, decode, optionally resize, and scale one image."""
@@ -72,7 +82,18 @@ class ImageFileLoader:
         label = self._label_or_none(item)
         if label is not None:
             metadata["label"] = label
-        return image.to(torch.float32).div_(255.0), metadata
+        return self._converted(image, name), metadata
+
+    def _converted(self, image: torch.Tensor, name: str) -> torch.Tensor:
+        """The decoded integers as ``dtype``: divided by their range for floats."""
+        if self.dtype.is_floating_point:
+            return image.to(self.dtype).div_(float(_RANGES[image.dtype]))
+        if image.dtype != self.dtype:
+            raise ValueError(
+                f"{self.root / name} decodes to {image.dtype}, not dtype={self.dtype}: use "
+                f"dtype={image.dtype} or a float dtype"
+            )
+        return image
 
     def _label_or_none(self, item: Any) -> int | None:
         try:

@@ -51,10 +51,26 @@ def _json(entry: CacheEntry, manifest: Manifest | None) -> dict[str, Any]:
             "library_version": manifest.library_version,
             "format_version": manifest.format_version,
             "key_inputs": manifest.key_inputs,
+            "storage": manifest.storage,
+            "shard_options": manifest.shard_options,
             "label_counts": [{"label": label, "count": n} for label, n in counts.items()],
             "shards": [asdict(shard) for shard in manifest.shards],
         }
     return document
+
+
+def _storage(manifest: Manifest) -> str:
+    """``4.0x smaller than served (400 of 800 tensors stored as 8- or 16-bit, exactly)``."""
+    storage = manifest.storage
+    stored, served = storage.get("stored_bytes", 0), storage.get("served_bytes", 0)
+    narrow, tensors = storage.get("narrow_tensors", 0), storage.get("tensors", 0)
+    if not narrow:
+        return f"{format_size(stored)} of tensors, stored as served"
+    return (
+        f"{format_size(stored)} of tensors serving {format_size(served)} "
+        f"({served / max(stored, 1):.1f}x: {narrow} of {tensors} tensors stored as 8- or "
+        "16-bit integers, widened exactly)"
+    )
 
 
 def _fields(entry: CacheEntry, manifest: Manifest | None) -> list[tuple[str, str]]:
@@ -69,6 +85,7 @@ def _fields(entry: CacheEntry, manifest: Manifest | None) -> list[tuple[str, str
             ("subset", manifest.subset),
             ("samples", str(manifest.num_samples)),
             ("size", f"{format_size(entry.size)} in {shards}"),
+            ("storage", _storage(manifest)),
             ("labels", labels),
             (
                 "created",

@@ -2,24 +2,27 @@
 
 Used by the memory tier's load and the disk tier's build. A failing item does not stop the
 run: every item is decoded, then one `BadSamplesError` lists the failures, so a user fixes
-all of them in one go.
+all of them in one go. Decoding never consumes the caller's random state: a seeded run
+shuffles the same whether it built its cache, found it, or decodes on every access.
 """
 
 from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Iterator, Sequence
+import random
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import BadSamplesError
-from .samples import check_sample, check_storable, describe
-from .types import RawDataLoader
+from .samples import Where, canonical_sample, describe
+from .types import RawDataLoader, Sample
 from .workers import num_workers, worker_context
 
 logger = logging.getLogger(__name__)
@@ -27,14 +30,15 @@ logger = logging.getLogger(__name__)
 MAX_REPORTED_FAILURES = 20
 """Failures listed in a `BadSamplesError` message; the count covers all of them."""
 
+Payload = TypeVar("Payload")
+
 
 @dataclass(frozen=True)
-class Decoded:
-    """One decoded item: its position in the subset, the sample and its label."""
+class Decoded(Generic[Payload]):
+    """One decoded item: its position in the subset, what was made of it, and its label."""
 
     index: int
-    tensor: torch.Tensor
-    metadata: dict[str, Any]
+    value: Payload
     label: int | None
 
 
@@ -44,19 +48,39 @@ class _Failure:
     message: str
 
 
-def read_label(loader: RawDataLoader, item: Any) -> int | None:
-    """``loader.label(item)`` as an int, or None when the loader has no integer labels."""
-    label = getattr(loader, "label", None)
-    if label is None:
-        return None
+def _as_label(value: object) -> int | None:
+    """An int label from ``label()``'s int or ``target()``'s tensor (argmax if one-hot)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1:
+            number = value.item()
+            return int(number) if float(number).is_integer() else None
+        flat = value.reshape(-1)
+        if flat.numel() == 0:
+            return None
+        return int(torch.argmax(flat).item())
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
     try:
-        return operator.index(label(item))
+        return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         return None
 
 
-class _DecodingDataset(Dataset[Decoded | _Failure]):
-    """Decodes and checks one item per index; failures come back as values, not raised."""
+def read_label(loader: RawDataLoader, item: Any) -> int | None:
+    """``item``'s class without decoding pixels, or None when the loader cannot say.
+
+    From ``loader.label(item)``, else ``loader.target(item)`` (a scalar's value, a one-hot
+    vector's argmax).
+    """
+    for method in ("label", "target"):
+        read = getattr(loader, method, None)
+        if callable(read):
+            return _as_label(read(item))
+    return None
+
+
+class _DecodingDataset(Dataset[Decoded[Payload] | _Failure]):
+    """Decodes, checks and prepares one item per index; failures come back as values."""
 
     def __init__(
         self,
@@ -64,32 +88,30 @@ class _DecodingDataset(Dataset[Decoded | _Failure]):
         items: Sequence[Any],
         indices: Sequence[int],
         loader: RawDataLoader,
-        storable: bool,
+        prepare: Callable[[Sample], Payload],
     ) -> None:
         self.subset = subset
         self.items = items
         self.indices = indices
         self.loader = loader
-        self.storable = storable
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> Decoded | _Failure:
+    def __getitem__(self, position: int) -> Decoded[Payload] | _Failure:
         index = self.indices[position]
         item = self.items[index]
-        where = {"subset": self.subset, "index": index, "item": item}
         try:
-            tensor, metadata = check_sample(self.loader.sample(item), **where)
-            if self.storable:
-                check_storable(tensor, metadata, **where)
+            sample = canonical_sample(self.loader.sample(item), Where(self.subset, index, item))
+            value = self.prepare(sample)
             label = read_label(self.loader, item)
         except Exception as error:  # noqa: BLE001 (reported with its item once all are decoded)
             message = str(error)
             if not message.startswith(f"{self.subset}["):
                 message = f"{describe(self.subset, index, item)}: {type(error).__name__}: {error}"
             return _Failure(index, message)
-        return Decoded(index, tensor, metadata, label)
+        return Decoded(index, value, label)
 
 
 def _as_is(value: Any) -> Any:
@@ -97,55 +119,87 @@ def _as_is(value: Any) -> Any:
     return value
 
 
+class _CallersRandomState:
+    """Leaves torch's, Python's and NumPy's global random state as it found them.
+
+    The DataLoader below draws its base seed from its own generator, but a raw loader run
+    in this process (``parallel=-1``) may draw from the global generators.
+    """
+
+    def __enter__(self) -> None:
+        self._torch = torch.random.get_rng_state()
+        self._python = random.getstate()
+        numpy = _numpy()
+        self._numpy = None if numpy is None else numpy.random.get_state()
+
+    def __exit__(self, *exc: object) -> None:
+        torch.random.set_rng_state(self._torch)
+        random.setstate(self._python)
+        numpy = _numpy()
+        if numpy is not None and self._numpy is not None:
+            numpy.random.set_state(self._numpy)
+
+
+def _numpy() -> Any:
+    """NumPy if something imported it (then its global state is the caller's too)."""
+    return sys.modules.get("numpy")
+
+
+def _fail(subset: str, total: int, failures: list[_Failure]) -> BadSamplesError:
+    listed = [failure.message for failure in failures[:MAX_REPORTED_FAILURES]]
+    more = len(failures) - len(listed)
+    lines = "\n  ".join(listed + ([f"... and {more} more"] if more else []))
+    return BadSamplesError(
+        f"{len(failures)} of {total} items of subset {subset!r} could not be decoded:\n  {lines}",
+        failures=tuple(listed),
+    )
+
+
 def decode(
     subset: str,
     items: Sequence[Any],
     loader: RawDataLoader,
+    prepare: Callable[[Sample], Payload],
     *,
     indices: Sequence[int] | None = None,
     parallel: int = -1,
-    storable: bool = False,
-) -> Iterator[Decoded]:
-    """Yield the decoded ``items[i]`` for each ``i`` in ``indices`` (default: all), in order.
+) -> Iterator[Decoded[Payload]]:
+    """Yield ``prepare(sample)`` of each ``items[i]`` for ``i`` in ``indices``, in order.
 
     Args:
         subset: the subset's name, for messages and the progress bar.
         items: the subset's split items.
         loader: the raw data loader.
-        indices: which items to decode; each is decoded exactly once.
+        prepare: what to make of each checked sample, in the decoding process (the disk
+            tier encodes it for a shard there).
+        indices: which items to decode (default: all); each is decoded exactly once.
         parallel: worker processes, as in `CachingDataModule`.
-        storable: also check that metadata can be stored on disk.
 
     Raises:
         BadSamplesError: after the last item, when any item failed.
     """
     chosen = range(len(items)) if indices is None else indices
     workers = num_workers(parallel)
-    dataset = _DecodingDataset(subset, items, chosen, loader, storable)
-    batches = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_as_is,
-        multiprocessing_context=worker_context(workers),
-        prefetch_factor=4 if workers else None,
-    )
+    dataset = _DecodingDataset(subset, items, chosen, loader, prepare)
     failures: list[_Failure] = []
-    with tqdm(total=len(chosen), desc=f"decoding {subset}", unit="sample", disable=None) as bar:
-        for result in batches:
-            bar.update()
-            if isinstance(result, _Failure):
-                failures.append(result)
-                logger.debug("%s", result.message)
-                continue
-            yield result
-    if failures:
-        listed = [failure.message for failure in failures[:MAX_REPORTED_FAILURES]]
-        more = len(failures) - len(listed)
-        lines = "\n  ".join(listed + ([f"... and {more} more"] if more else []))
-        raise BadSamplesError(
-            f"{len(failures)} of {len(items)} items of subset {subset!r} could not be "
-            f"decoded:\n  {lines}",
-            failures=tuple(listed),
+    with _CallersRandomState():
+        batches = DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_as_is,
+            multiprocessing_context=worker_context(workers),
+            prefetch_factor=4 if workers else None,
+            generator=torch.Generator(),  # its base seed is not drawn from the caller's RNG
         )
+        with tqdm(total=len(chosen), desc=f"decoding {subset}", unit="sample", disable=None) as bar:
+            for result in batches:
+                bar.update()
+                if isinstance(result, _Failure):
+                    failures.append(result)
+                    logger.debug("%s", result.message)
+                    continue
+                yield result
+    if failures:
+        raise _fail(subset, len(items), failures)

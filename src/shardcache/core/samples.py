@@ -1,15 +1,52 @@
-"""Checks on what a raw data loader returns, with messages that name the item at fault."""
+"""What a sample is, the one rule for what it may hold, and how it is taken apart for storage.
+
+A raw loader's ``sample(item)`` returns a pair ``(Tensor, dict)`` (the seed contract,
+served back as a tuple) or a mapping with string keys (served back as a dict, e.g.
+mednet's ``{"image": tv_tensors.Image, "target": Tensor, "name": str}``). Every tier
+passes what the loader returns through `canonical_sample`, so every tier serves the same
+structure, types and values. The rule, at any depth:
+
+=========================================  =============================================
+kept exactly                               ``torch.Tensor`` (dense, CPU, a dtype with a
+                                           safetensors code); ``tv_tensors`` ``Image``,
+                                           ``Video``, ``Mask``, ``BoundingBoxes``,
+                                           ``KeyPoints`` (class and attributes); ``None``,
+                                           ``bool``, ``int``, ``float`` (NaN, infinities,
+                                           -0.0), ``str``; ``list``; ``dict`` with str keys
+converted, in every tier                   ``tuple`` below the top -> ``list``; other
+                                           mappings (``OrderedDict``) -> ``dict``; NumPy
+                                           scalars and subclasses of the JSON scalars
+                                           (enums) -> ``float``/``int``/``bool``/``str``;
+                                           NumPy arrays -> ``torch.Tensor``;
+                                           ``nn.Parameter`` and tensors that require grad
+                                           -> detached ``torch.Tensor``; conjugate or
+                                           negative views -> resolved
+refused with a `SampleError` naming the    sparse, nested, quantized tensors; tensors not
+subset, index, item and field              on the CPU (meta included); dtypes without a
+                                           safetensors code (``complex128``); other tensor
+                                           subclasses; non-str dict keys; other objects;
+                                           nesting deeper than `MAX_DEPTH`
+=========================================  =============================================
+"""
 
 from __future__ import annotations
 
-import copy
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .dtypes import SAFETENSORS_CODES
 from .errors import SampleError
+from .records import MAX_DEPTH, TV_TENSOR_ATTRIBUTES
 from .types import Sample
+
+_TV_MODULE = "torchvision.tv_tensors"
+
+
+_JSON_SCALARS = (str, bool, int, float)
 
 
 def describe(subset: str, index: int, item: Any) -> str:
@@ -20,106 +57,246 @@ def describe(subset: str, index: int, item: Any) -> str:
     return f"{subset}[{index}] ({text})"
 
 
-def check_sample(value: object, *, subset: str, index: int, item: Any) -> Sample:
-    """Return ``value`` as a ``(Tensor, dict)`` pair or raise `SampleError` saying why not."""
-    where = describe(subset, index, item)
+@dataclass(frozen=True)
+class Where:
+    """The split item a sample comes from, for messages that name it."""
+
+    subset: str
+    index: int
+    item: Any
+
+    def error(self, problem: str) -> SampleError:
+        """A `SampleError` saying ``problem`` of this item."""
+        return SampleError(
+            f"{describe(self.subset, self.index, self.item)}: {problem}",
+            subset=self.subset,
+            index=self.index,
+            item=self.item,
+        )
+
+
+def _is_tv_tensor(value: torch.Tensor) -> bool:
+    return type(value).__module__.startswith(_TV_MODULE)
+
+
+def _tensor(value: torch.Tensor, where: Where, field: str) -> torch.Tensor:
+    """``value`` as it will be served, or `SampleError` saying why it cannot be."""
+    if value.is_nested or value.layout != torch.strided or value.is_quantized:
+        layout = "nested" if value.is_nested else str(value.layout)
+        raise where.error(f"{field} is a {layout} tensor; samples hold dense (strided) tensors")
+    kind = type(value)
+    known = _is_tv_tensor(value) and kind.__name__ in TV_TENSOR_ATTRIBUTES
+    if kind is not torch.Tensor and kind is not torch.nn.Parameter and not known:
+        raise where.error(
+            f"{field} is a {kind.__module__}.{kind.__qualname__}, a tensor subclass that "
+            "cannot be kept; return a torch.Tensor or a tv_tensors "
+            + "/".join(TV_TENSOR_ATTRIBUTES)
+        )
+    if value.device.type != "cpu":
+        raise where.error(
+            f"{field} is a tensor on device {value.device}; return CPU tensors (Lightning "
+            "moves each batch to the accelerator)"
+        )
+    if value.dtype not in SAFETENSORS_CODES:
+        storable = ", ".join(sorted(str(dtype) for dtype in SAFETENSORS_CODES))
+        raise where.error(f"{field} is a {value.dtype} tensor; storable dtypes are {storable}")
+    if value.requires_grad or kind is torch.nn.Parameter:
+        value = value.detach()
+    if value.is_conj():
+        value = value.resolve_conj()
+    if value.is_neg():
+        value = value.resolve_neg()
+    return value
+
+
+def _numpy_value(value: Any, where: Where, field: str) -> Any:
+    """A NumPy scalar as a Python scalar, an array as a tensor; None if not NumPy."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    if isinstance(value, numpy.generic):
+        converted = value.item()
+        if isinstance(converted, str | bool | int | float):
+            return converted
+        raise where.error(f"{field} is a numpy.{type(value).__name__}, not a storable scalar")
+    if isinstance(value, numpy.ndarray):
+        if value.dtype.hasobject:
+            raise where.error(f"{field} is a NumPy array of Python objects")
+        return _tensor(torch.tensor(value), where, field)
+    return None
+
+
+def _child(field: str, key: object, depth: int) -> str:
+    """``metadata field 'mask'`` at the top, ``metadata field 'boxes'[0]`` below."""
+    return f"{field} {key!r}" if depth == 0 else f"{field}[{key!r}]"
+
+
+def _value(value: Any, where: Where, field: str, depth: int) -> Any:
+    """``value`` as every tier serves it (see the module docstring), checked."""
+    if value is None or type(value) in _JSON_SCALARS:
+        return value
+    if isinstance(value, torch.Tensor):
+        return _tensor(value, where, field)
+    if depth >= MAX_DEPTH:
+        raise where.error(f"{field} nests containers deeper than {MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        return _mapping(value, where, field, depth + 1)
+    if isinstance(value, list | tuple):
+        return [
+            _value(v, where, _child(field, i, depth + 1), depth + 1) for i, v in enumerate(value)
+        ]
+    converted = _numpy_value(value, where, field)
+    if converted is not None:
+        return converted
+    for scalar in _JSON_SCALARS:  # a subclass (an IntEnum, a str subclass): its plain value
+        if isinstance(value, scalar):
+            return scalar(value)
+    kind = type(value)
+    raise where.error(
+        f"{field} cannot be stored: {kind.__module__}.{kind.__qualname__} is not a JSON value. "
+        "Store JSON values (str, int, float, bool, None, lists, dicts) or tensors"
+    )
+
+
+def _mapping(value: Mapping[Any, Any], where: Where, field: str, depth: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, element in value.items():
+        if not isinstance(key, str):
+            raise where.error(
+                f"{field} has the key {key!r}, a {type(key).__name__}; keys must be strings"
+            )
+        result[key] = _value(element, where, _child(field, key, depth), depth)
+    return result
+
+
+def canonical_sample(value: object, where: Where) -> Sample:
+    """What ``raw_data_loader.sample()`` returned, as every tier serves it.
+
+    Raises:
+        SampleError: naming the item and the field that breaks the rule.
+    """
+    if isinstance(value, Mapping):
+        return _mapping(value, where, "field", 0)
     if not isinstance(value, tuple | list) or len(value) != 2:
         kind = type(value).__name__
         if isinstance(value, tuple | list):
             kind = f"a {kind} of length {len(value)}"
-        raise SampleError(
-            f"{where}: raw_data_loader.sample() returned {kind}, expected a (Tensor, dict) pair",
-            subset=subset,
-            index=index,
-            item=item,
+        raise where.error(
+            f"raw_data_loader.sample() returned {kind}, expected a (Tensor, dict) pair or a dict"
         )
     tensor, metadata = value
     if not isinstance(tensor, torch.Tensor):
-        raise SampleError(
-            f"{where}: raw_data_loader.sample() returned {type(tensor).__name__} as the sample,"
-            " expected a torch.Tensor",
-            subset=subset,
-            index=index,
-            item=item,
+        raise where.error(
+            f"raw_data_loader.sample() returned {type(tensor).__name__} as the sample, "
+            "expected a torch.Tensor"
         )
-    if not isinstance(metadata, dict):
-        raise SampleError(
-            f"{where}: raw_data_loader.sample() returned {type(metadata).__name__} as metadata,"
-            " expected a dict",
-            subset=subset,
-            index=index,
-            item=item,
+    if not isinstance(metadata, Mapping):
+        raise where.error(
+            f"raw_data_loader.sample() returned {type(metadata).__name__} as metadata, "
+            "expected a dict"
         )
-    return tensor, metadata
+    return _tensor(tensor, where, "the sample tensor"), _mapping(
+        metadata, where, "metadata field", 0
+    )
 
 
-def check_storable(
-    tensor: torch.Tensor, metadata: dict[str, Any], *, subset: str, index: int, item: Any
-) -> None:
-    """Raise `SampleError` naming the field when a sample cannot be stored on disk.
-
-    Storable: dense tensors of a safetensors dtype, and JSON values (str, int, float incl.
-    NaN, bool, None, and lists/dicts of them with string keys) as metadata. Tuples are
-    accepted and come back as lists.
-    """
-    for field, value in [("<sample tensor>", tensor), *metadata.items()]:
-        if not isinstance(field, str):
-            raise SampleError(
-                f"{describe(subset, index, item)}: metadata key {field!r} is a "
-                f"{type(field).__name__}; keys must be strings",
-                subset=subset,
-                index=index,
-                item=item,
-            )
-        if isinstance(value, torch.Tensor):
-            if value.layout != torch.strided or value.dtype not in SAFETENSORS_CODES:
-                raise SampleError(
-                    f"{describe(subset, index, item)}: {field!r} is a {value.layout} "
-                    f"{value.dtype} tensor; storable are dense tensors of dtype "
-                    + ", ".join(sorted(str(dtype) for dtype in SAFETENSORS_CODES)),
-                    subset=subset,
-                    index=index,
-                    item=item,
-                )
-            continue
-        problem = _json_problem(value)
-        if problem is not None:
-            raise SampleError(
-                f"{describe(subset, index, item)}: metadata field {field!r} cannot be stored: "
-                f"{problem}. Store JSON values (str, int, float, bool, None, lists, dicts) or "
-                "tensors",
-                subset=subset,
-                index=index,
-                item=item,
-            )
+# --- taking samples apart for storage, and putting them together (see `records`) ------------
 
 
-def _json_problem(value: object) -> str | None:
-    """Say why ``value`` is not a JSON value, or return None when it is."""
-    if value is None or isinstance(value, str | bool | int | float):
-        return None  # NaN and infinities included: json writes and reads them back
-    if isinstance(value, list | tuple):
-        for element in value:
-            problem = _json_problem(element)
-            if problem is not None:
-                return problem
-        return None
+def _tv_attributes(tensor: torch.Tensor) -> dict[str, Any]:
+    """A TVTensor's attributes as JSON (enums by name, tuples as lists)."""
+    attributes: dict[str, Any] = {}
+    for name in TV_TENSOR_ATTRIBUTES[type(tensor).__name__]:
+        value = getattr(tensor, name)
+        if hasattr(value, "name") and not isinstance(value, str):  # an Enum
+            value = value.name
+        elif isinstance(value, tuple):
+            value = list(value)
+        attributes[name] = value
+    return attributes
+
+
+def _flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """The skeleton node of ``value``: JSON with tensors replaced by their positions."""
+    if isinstance(value, torch.Tensor):
+        node: dict[str, Any] = {"tensor": len(tensors)}
+        tensors.append(value)
+        if type(value) is not torch.Tensor:
+            node["class"] = type(value).__name__
+            node["attributes"] = _tv_attributes(value)
+        return node
     if isinstance(value, dict):
-        for key, element in value.items():
-            if not isinstance(key, str):
-                return f"dict key {key!r} is not a string"
-            problem = _json_problem(element)
-            if problem is not None:
-                return problem
-        return None
-    return f"{type(value).__module__}.{type(value).__qualname__} is not a JSON value"
+        before = len(tensors)
+        pairs = [[key, _flatten(element, tensors)] for key, element in value.items()]
+        return {"dict": pairs} if len(tensors) > before else {"json": value}
+    if isinstance(value, list):
+        before = len(tensors)
+        nodes = [_flatten(element, tensors) for element in value]
+        return {"list": nodes} if len(tensors) > before else {"json": value}
+    return {"json": value}
 
 
-def fresh_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """A copy of cached metadata that a caller may change without changing the cache."""
-    if all(
-        isinstance(value, str | int | float | bool | torch.Tensor) or value is None
-        for value in metadata.values()
-    ):
-        return dict(metadata)
-    return copy.deepcopy(metadata)
+def flatten(sample: Sample) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """A canonical sample as a JSON skeleton and its tensors, in the skeleton's order."""
+    tensors: list[torch.Tensor] = []
+    if isinstance(sample, tuple):
+        skeleton = {"pair": [_flatten(sample[0], tensors), _flatten(sample[1], tensors)]}
+    else:
+        skeleton = _flatten(sample, tensors)
+    return skeleton, tensors
+
+
+def fresh(value: Any) -> Any:
+    """New containers for a canonical value, tensors shared.
+
+    A caller may then change the containers without changing a cached original.
+    """
+    if isinstance(value, dict):
+        return {key: fresh(element) for key, element in value.items()}
+    if isinstance(value, list):
+        return [fresh(element) for element in value]
+    if isinstance(value, tuple):  # a (tensor, metadata) pair
+        return tuple(fresh(element) for element in value)
+    return value
+
+
+def _tv_tensor(tensor: torch.Tensor, name: str, attributes: dict[str, Any]) -> torch.Tensor:
+    from torchvision import tv_tensors  # only samples that held TVTensors need torchvision
+
+    cls: Any = getattr(tv_tensors, name)
+    wrapped: torch.Tensor
+    if name == "BoundingBoxes":
+        wrapped = cls(
+            tensor,
+            format=tv_tensors.BoundingBoxFormat[attributes["format"]],
+            canvas_size=tuple(attributes["canvas_size"]),
+            clamping_mode=attributes["clamping_mode"],
+        )
+    elif name == "KeyPoints":
+        wrapped = cls(tensor, canvas_size=tuple(attributes["canvas_size"]))
+    else:
+        wrapped = tensor.as_subclass(cls)
+    return wrapped
+
+
+def _unflatten(node: dict[str, Any], tensors: list[torch.Tensor]) -> Any:
+    if "json" in node:
+        return fresh(node["json"])
+    if "tensor" in node:
+        tensor = tensors[node["tensor"]]
+        # A lazy sample's `Narrow` stays as it is: batches hold plain tensors anyway.
+        if "class" in node and isinstance(tensor, torch.Tensor):
+            return _tv_tensor(tensor, node["class"], node["attributes"])
+        return tensor
+    if "dict" in node:
+        return {key: _unflatten(child, tensors) for key, child in node["dict"]}
+    return [_unflatten(child, tensors) for child in node["list"]]
+
+
+def unflatten(skeleton: dict[str, Any], tensors: list[torch.Tensor]) -> Sample:
+    """The sample that `flatten` took apart, with ``tensors`` in place (fresh containers)."""
+    if "pair" in skeleton:
+        first, second = skeleton["pair"]
+        return _unflatten(first, tensors), _unflatten(second, tensors)
+    result: dict[str, Any] = _unflatten(skeleton, tensors)
+    return result

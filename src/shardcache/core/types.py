@@ -7,8 +7,9 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
 
-Sample: TypeAlias = tuple[torch.Tensor, dict[str, Any]]
-"""What every dataset serves: the sample tensor and its metadata."""
+Sample: TypeAlias = tuple[torch.Tensor, dict[str, Any]] | dict[str, Any]
+"""What every dataset serves: a ``(tensor, metadata)`` pair, or a dict of tensors and JSON
+values (see `shardcache.core.samples` for what a sample may hold)."""
 
 DatabaseSplit: TypeAlias = Mapping[str, Sequence[Any]]
 """Subset name ("train", "validation", "test", "monitor-*") to JSON-like split items."""
@@ -19,14 +20,15 @@ Transform: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
 
 @runtime_checkable
 class RawDataLoader(Protocol):
-    """Decodes one split item. ``fingerprint() -> str`` is optional (see the store's key)."""
+    """Decodes one split item into a sample.
+
+    Optional methods: ``label(item) -> int`` (the class, without decoding pixels), else
+    ``target(item) -> Tensor`` (mednet's: a one-hot or scalar target); ``fingerprint() ->
+    str`` (the loader's identity in cache keys, see `shardcache.store.key`).
+    """
 
     def sample(self, item: Any) -> Sample:
-        """Decode ``item`` into a tensor and a metadata dict."""
-        ...
-
-    def label(self, item: Any) -> int:
-        """Return ``item``'s class without decoding its pixels."""
+        """Decode ``item`` into a sample."""
         ...
 
 

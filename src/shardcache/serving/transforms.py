@@ -1,36 +1,47 @@
-"""Model transforms, applied to a private copy of each served sample: never to a cache."""
+"""Model transforms, applied to a private copy of each served sample: never to a cache.
+
+What a transform receives: the tensor of a ``(tensor, metadata)`` pair; in a dict sample,
+each ``tv_tensors`` value (images, masks, boxes: torchvision's v2 transforms treat each by
+its class), as mednet applies its model transforms.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from torch.utils.data import Dataset
+import torch
 
-from ..core.types import Sample, SampleDataset, Transform
+from ..core.errors import ConfigurationError
+from ..core.types import Sample, Transform
 
 
-class TransformedDataset(Dataset[Sample]):
-    """Serves ``dataset``'s samples after ``transforms``, applied in order to a copy."""
+def _is_tv_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and type(value).__module__.startswith(
+        "torchvision.tv_tensors"
+    )
 
-    def __init__(self, dataset: SampleDataset, transforms: Sequence[Transform]) -> None:
-        self.dataset = dataset
-        self.transforms = tuple(transforms)
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+def transform_sample(sample: Sample, transforms: Sequence[Transform]) -> Sample:
+    """``sample`` with ``transforms`` applied in order to copies of what they transform."""
 
-    def __getitem__(self, index: int) -> Sample:
-        tensor, metadata = self.dataset[index]
+    def apply(tensor: torch.Tensor) -> torch.Tensor:
         # A copy, so an in-place transform (x.add_(1)) changes this sample only.
-        tensor = tensor.clone()
-        for transform in self.transforms:
-            tensor = transform(tensor)
-        return tensor, metadata
+        result = tensor.clone()
+        for transform in transforms:
+            result = transform(result)
+        return result
 
-    def labels(self) -> list[int | None]:
-        """The wrapped dataset's labels."""
-        return self.dataset.labels()
-
-    def close(self) -> None:
-        """Close the wrapped dataset."""
-        self.dataset.close()
+    if isinstance(sample, tuple):
+        tensor, metadata = sample
+        return apply(tensor), metadata
+    targets = [key for key, value in sample.items() if _is_tv_tensor(value)]
+    if not targets:
+        raise ConfigurationError(
+            "model_transforms apply to the tensor of a (Tensor, dict) sample, or to the "
+            f"tv_tensors values of a dict sample; this sample has none (keys: {list(sample)})"
+        )
+    transformed: dict[str, Any] = dict(sample)
+    for key in targets:
+        transformed[key] = apply(sample[key])
+    return transformed

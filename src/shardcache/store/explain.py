@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CorruptCacheError
+from ..core.errors import CorruptCacheError, FormatVersionError
 from .format import Manifest
 from .key import CacheKey, canonical_json
 from .layout import CACHE_NAME, ITEMS_NAME, MANIFEST_NAME, CacheRoot, safe_subset_name
@@ -67,6 +67,20 @@ def _item_differences(path: Path, items: Sequence[Any]) -> str:
     return f"{len(changed)} items: {shown}{more}"
 
 
+def _key_inputs(manifest: Path) -> dict[str, Any] | None:
+    """A neighbour's key inputs; those of an older format too, to say that it changed."""
+    try:
+        return Manifest.read(manifest).key_inputs
+    except FormatVersionError:
+        try:
+            inputs = json.loads(manifest.read_text(encoding="utf-8")).get("key_inputs")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return inputs if isinstance(inputs, dict) else None
+    except CorruptCacheError:
+        return None
+
+
 def explain_miss(root: CacheRoot, subset: str, key: CacheKey, items: Sequence[Any]) -> str:
     """One line on why ``subset`` has no cache for ``key``, naming the nearest candidate."""
     prefix = safe_subset_name(subset)
@@ -75,11 +89,10 @@ def explain_miss(root: CacheRoot, subset: str, key: CacheKey, items: Sequence[An
         match = CACHE_NAME.match(path.name)
         if match is None or match["subset"] != prefix:
             continue
-        try:
-            manifest = Manifest.read(path / MANIFEST_NAME)
-        except CorruptCacheError:
+        inputs = _key_inputs(path / MANIFEST_NAME)
+        if inputs is None:
             continue
-        differences = _differences(manifest.key_inputs, key.inputs)
+        differences = _differences(inputs, key.inputs)
         if best is None or len(differences) < best[0]:
             best = (len(differences), path, differences)
     name = root.cache_name(subset, key.digest)

@@ -16,7 +16,9 @@ from ..core.errors import CorruptCacheError, FormatVersionError
 from .layout import SHARD_NAME
 
 FORMAT_NAME = "shardcache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: samples of any structure (pairs or dicts, tv_tensors kept), exact narrow storage, the
+manifest records storage and shard options. 1: (tensor, metadata) pairs only."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Manifest:
     created: str
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    storage: dict[str, int] = field(default_factory=dict)
+    shard_options: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -101,6 +105,8 @@ class Manifest:
                 key_inputs=data["key_inputs"],
                 library_version=data["library_version"],
                 created=data["created"],
+                storage=data["storage"],
+                shard_options=data["shard_options"],
                 extra=data.get("extra", {}),
             )
         except (KeyError, TypeError) as error:
@@ -109,6 +115,12 @@ class Manifest:
         return manifest
 
     def _check(self, fail: Any) -> None:
+        if not isinstance(self.storage, dict) or not all(
+            type(value) is int for value in self.storage.values()
+        ):
+            raise fail("manifest storage is not a table of byte and tensor counts")
+        if not isinstance(self.shard_options, dict):
+            raise fail("manifest shard_options is not an object")
         if not isinstance(self.key, str) or not re.fullmatch(r"[0-9a-f]{64}", self.key):
             raise fail("manifest key is not a SHA-256 hex digest")
         if not isinstance(self.num_samples, int) or self.num_samples < 1:

@@ -2,8 +2,9 @@
 
 A shard is a safetensors file: an 8-byte little-endian header length, a JSON header, then
 tensor data. Besides the tensors' entries the header holds ``__metadata__["shardcache"]``,
-one JSON record per sample (see `shardfile`). Everything a reader relies on is checked
-here, one check per lie, so that `CorruptCacheError` names the file and what is wrong.
+one JSON record per sample (see `shardfile` and `shardcache.core.records`). Everything a
+reader relies on is checked here, one check per lie, so that `CorruptCacheError` names the
+file and what is wrong.
 Torch-free, so that ``shardcache verify`` starts fast.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import xxhash
 
 from ..core.errors import CorruptCacheError
+from ..core.records import skeleton_problem, widening_problem
 
 RECORD_KEY = "shardcache"
 MAX_HEADER_BYTES = 100_000_000
@@ -71,6 +73,40 @@ class ShardHeader:
     start: int
     stop: int
     file_bytes: int
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How much a shard (or a cache) stores, and how much it serves."""
+
+    tensors: int = 0
+    narrow_tensors: int = 0
+    stored_bytes: int = 0
+    served_bytes: int = 0
+
+    def __add__(self, other: Storage) -> Storage:
+        return Storage(
+            self.tensors + other.tensors,
+            self.narrow_tensors + other.narrow_tensors,
+            self.stored_bytes + other.stored_bytes,
+            self.served_bytes + other.served_bytes,
+        )
+
+
+_SERVED_ITEMSIZES = {"F32": 4, "F64": 8}
+
+
+def storage_of(header: ShardHeader) -> Storage:
+    """What ``header``'s shard stores and serves (narrow tensors serve wider than stored)."""
+    narrow, served = 0, 0
+    for index, record in enumerate(header.records, start=header.start):
+        for position, widening in record.get("widen", {}).items():
+            entry = header.tensors[f"{index}/{position}"]
+            narrow += 1
+            served += (entry.end - entry.begin) // entry.itemsize * _SERVED_ITEMSIZES[widening[1]]
+            served -= entry.end - entry.begin
+    stored = sum(entry.end - entry.begin for entry in header.tensors.values())
+    return Storage(len(header.tensors), narrow, stored, stored + served)
 
 
 def file_digest(path: Path) -> str:
@@ -148,6 +184,32 @@ def _tensor_entries(path: Path, header: dict[str, Any], data_start: int) -> dict
     return tensors
 
 
+def _record_problem(record: object, index: int, tensors: dict[str, TensorEntry]) -> str | None:
+    """Why sample ``index``'s record cannot be served from ``tensors``, or None."""
+    if not isinstance(record, dict):
+        return "not an object"
+    count = record.get("tensors")
+    if type(count) is not int or count < 0:
+        return f"tensor count {count!r}"
+    label = record.get("label")
+    if label is not None and type(label) is not int:
+        return f"label {label!r}"
+    if any(f"{index}/{position}" not in tensors for position in range(count)):
+        return "a tensor is missing"
+    problem = skeleton_problem(record.get("sample"), count)
+    if problem is not None:
+        return problem
+    widen = record.get("widen", {})
+    if not isinstance(widen, dict):
+        return "widen is not an object"
+    for position, widening in widen.items():
+        entry = tensors.get(f"{index}/{position}")
+        problem = widening_problem(widening)
+        if problem is not None or entry is None or entry.code != widening[0]:
+            return problem or f"widening of tensor {position} does not match its dtype"
+    return None
+
+
 def read_header(
     path: Path,
     *,
@@ -186,15 +248,10 @@ def read_header(
     end = max((entry.end for entry in tensors.values()), default=8 + len(raw))
     if end != size:
         raise _corrupt(path, f"shard is {size} bytes, its header describes {end}")
-    for offset, sample in enumerate(records):
-        index = start + offset
-        if (
-            str(index) not in tensors
-            or not isinstance(sample, dict)
-            or not isinstance(sample.get("metadata"), dict)
-            or not isinstance(sample.get("tensors", []), list)
-            or ("tensors" in sample and not isinstance(sample.get("order"), list))
-            or any(f"{index}/{name}" not in tensors for name in sample.get("tensors", ()))
-        ):
-            raise _corrupt(path, f"sample {index} has a malformed record or lacks a tensor")
+    for offset, record in enumerate(records):
+        problem = _record_problem(record, start + offset, tensors)
+        if problem is not None:
+            raise _corrupt(path, f"sample {start + offset} has a malformed record: {problem}")
+    if sum(record["tensors"] for record in records) != len(tensors):
+        raise _corrupt(path, "the shard holds tensors that no sample record names")
     return ShardHeader(tensors, records, start, stop, size)

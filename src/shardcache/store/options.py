@@ -1,12 +1,14 @@
 """How a build writes shards: options that travel together, checked once, recorded once.
 
-A `ShardOptions` value goes from the DataModule to the writer as one value: a new option
-(a codec, another checksum) is a new field here, not a new parameter in every layer.
+A `ShardOptions` value goes from the DataModule to the writer and into the manifest
+(``shard_options``), so ``shardcache info`` shows how a cache was written. A new option (a
+codec, another checksum) is a new field here, not a new parameter in every layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..core.errors import ConfigurationError
 
@@ -38,10 +40,12 @@ class ShardOptions:
         target_bytes: bytes of tensor data per shard; None: `automatic_shard_bytes` of the
             build's estimated size.
         checksum: the whole-file checksum of each shard.
+        narrowing: store float tensors as uint8/uint16 where that is exact (see `codec`).
     """
 
     target_bytes: int | None = None
     checksum: str = CHECKSUM
+    narrowing: bool = True
 
     def __post_init__(self) -> None:
         size = self.target_bytes
@@ -52,3 +56,7 @@ class ShardOptions:
             )
         if self.checksum != CHECKSUM:
             raise ConfigurationError(f"checksum={self.checksum!r}: only {CHECKSUM} is supported")
+
+    def record(self, chosen_bytes: int) -> dict[str, Any]:
+        """What the manifest records: these options, and the shard size the build chose."""
+        return asdict(self) | {"chosen_bytes": chosen_bytes}

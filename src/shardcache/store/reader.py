@@ -24,7 +24,8 @@ from torch.utils.data import Dataset, get_worker_info
 from ..core import settings
 from ..core.dtypes import DTYPES_BY_CODE, view_of
 from ..core.errors import CorruptCacheError
-from ..core.samples import fresh_metadata
+from ..core.narrow import Narrow, Widening
+from ..core.samples import unflatten
 from ..core.types import Sample
 from .format import Manifest, ShardInfo
 from .header import ShardHeader, TensorEntry, read_header
@@ -42,7 +43,9 @@ class _OpenShard:
         self.storage: torch.UntypedStorage | None = None
         self.path = path
         self.descriptor = -1
-        self._views: dict[tuple[int, bool], torch.Tensor] = {}
+        # Per (index, in a DataLoader worker): workers need views of their own (see _view).
+        self._samples: dict[tuple[int, bool], tuple[dict[str, Any], list[torch.Tensor | Narrow]]]
+        self._samples = {}
         try:
             if use_mmap:
                 # shared=False maps MAP_PRIVATE: reads share the page cache, a write copies
@@ -84,53 +87,61 @@ class _OpenShard:
             )
         return os.pread(self.descriptor, size, offset)
 
-    def _view(self, storage: torch.UntypedStorage, entry: TensorEntry) -> torch.Tensor:
-        """The view of ``entry`` that this process serves copies of (built once)."""
-        in_worker = get_worker_info() is not None
-        key = (entry.begin, in_worker)
-        view = self._views.get(key)
-        if view is None:
-            dtype = DTYPES_BY_CODE[entry.code]
-            if in_worker:
-                # In a DataLoader worker, a view of a storage *slice* (still zero-copy): a
-                # worker that sends a view of the from_file storage itself (batch_size=None,
-                # or a collate that passes samples through) fails in torch's reduce_storage
-                # (it dups the mapping's closed fd: EBADF) and the loader hangs; a slice is
-                # shared by copying this sample's bytes only.
-                window = storage[entry.begin : entry.end]
-                view = view_of(window, 0, entry.shape, dtype)
-            else:
-                view = view_of(storage, entry.begin // entry.itemsize, entry.shape, dtype)
-            self._views[key] = view
-        return view
+    def _view(self, entry: TensorEntry) -> torch.Tensor:
+        """A zero-copy view of ``entry`` in the mapping."""
+        assert self.storage is not None
+        dtype = DTYPES_BY_CODE[entry.code]
+        if get_worker_info() is not None:
+            # In a DataLoader worker, a view of a storage *slice* (still zero-copy): a
+            # worker that sends a view of the from_file storage itself (batch_size=None,
+            # or a collate that passes samples through) fails in torch's reduce_storage
+            # (it dups the mapping's closed fd: EBADF) and the loader hangs; a slice is
+            # shared by copying this sample's bytes only.
+            window = self.storage[entry.begin : entry.end]
+            return view_of(window, 0, entry.shape, dtype)
+        return view_of(self.storage, entry.begin // entry.itemsize, entry.shape, dtype)
 
-    def tensor(self, entry: TensorEntry) -> torch.Tensor:
-        """A view of the mapping (or, without mmap, a fresh tensor read from the file)."""
-        if self.storage is not None:
-            # A new tensor object over the same bytes (~0.5 us, against ~6 us to build a
-            # view), so that what a caller does to the object itself stays with it.
-            return self._view(self.storage, entry).detach()
+    def _read(self, entry: TensorEntry) -> torch.Tensor:
+        """A fresh tensor holding ``entry``, read from the file (without mmap)."""
         tensor = torch.empty(entry.shape, dtype=DTYPES_BY_CODE[entry.code])
-        buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
-        read = os.preadv(self.descriptor, [buffer], entry.begin)
-        if read != entry.end - entry.begin:
-            raise CorruptCacheError(f"{self.path}: short read of a tensor", path=self.path)
+        if entry.end > entry.begin:
+            buffer = tensor.reshape(-1).view(torch.uint8).numpy().data
+            read = os.preadv(self.descriptor, [buffer], entry.begin)
+            if read != entry.end - entry.begin:
+                raise CorruptCacheError(f"{self.path}: short read of a tensor", path=self.path)
         return tensor
 
-    def sample(self, index: int) -> Sample:
-        position = index - self.header.start
-        record = self.header.records[position]
-        tensors = self.header.tensors
-        tensor = self.tensor(tensors[str(index)])
-        plain = fresh_metadata(record["metadata"])
-        if "tensors" not in record:
-            return tensor, plain
-        # Views added after the copy: fresh_metadata deep-copies when a value is a list or
-        # dict, and would copy the tensors (a segmentation mask) along with it.
-        extra = {name: self.tensor(tensors[f"{index}/{name}"]) for name in record["tensors"]}
-        return tensor, {
-            name: extra[name] if name in extra else plain[name] for name in record["order"]
-        }
+    def _stored(self, index: int) -> tuple[dict[str, Any], list[torch.Tensor | Narrow]]:
+        """Sample ``index``'s skeleton and stored tensors (views built once per process)."""
+        key = (index, get_worker_info() is not None)
+        cached = self._samples.get(key)
+        if cached is not None:
+            return cached
+        record = self.header.records[index - self.header.start]
+        widen = record.get("widen", {})
+        leaves: list[torch.Tensor | Narrow] = []
+        for position in range(record["tensors"]):
+            # Looked up by name, never by offset: a zero-size tensor shares its offset with
+            # the next one.
+            entry = self.header.tensors[f"{index}/{position}"]
+            tensor = self._view(entry) if self.storage is not None else self._read(entry)
+            spec = widen.get(str(position))
+            leaves.append(tensor if spec is None else Narrow(tensor, Widening.from_json(spec)))
+        stored = (record["sample"], leaves)
+        if self.storage is not None:  # without mmap, every read is a fresh read
+            self._samples[key] = stored
+        return stored
+
+    def sample(self, index: int, *, lazy: bool = False) -> Sample:
+        """Sample ``index``; narrow tensors widened, or (``lazy``) left as `Narrow`."""
+        skeleton, leaves = self._stored(index)
+        # New tensor objects over the same bytes (~0.5 us, against ~6 us to build a view),
+        # so that what a caller does to the object itself stays with it.
+        served = [
+            leaf.detach() if isinstance(leaf, torch.Tensor) else leaf if lazy else leaf.widen()
+            for leaf in leaves
+        ]
+        return unflatten(skeleton, served)  # type: ignore[arg-type]
 
 
 class CacheDataset(Dataset[Sample]):
@@ -183,13 +194,26 @@ class CacheDataset(Dataset[Sample]):
         self._shards = shards
         return shards
 
-    def __getitem__(self, index: int) -> Sample:
+    def _shard(self, index: int) -> tuple[_OpenShard, int]:
+        """The open shard holding sample ``index`` (negative counts from the end)."""
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} is out of range for {len(self)} samples")
         shards = self._shards if self._shards is not None else self._open_all()
-        return shards[bisect.bisect_right(self._starts, index) - 1].sample(index)
+        return shards[bisect.bisect_right(self._starts, index) - 1], index
+
+    def __getitem__(self, index: int) -> Sample:
+        shard, index = self._shard(index)
+        return shard.sample(index)
+
+    def lazy_sample(self, index: int) -> Sample:
+        """Sample ``index`` with narrow tensors left as `Narrow`.
+
+        For `BatchCollator`, which widens them straight into the batch.
+        """
+        shard, index = self._shard(index)
+        return shard.sample(index, lazy=True)
 
     def __getstate__(self) -> dict[str, Any]:
         # Paths and the manifest only: mappings and file handles never cross processes.

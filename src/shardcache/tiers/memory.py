@@ -9,19 +9,29 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core.decoding import decode
-from ..core.samples import fresh_metadata
+from ..core.samples import fresh
 from ..core.types import RawDataLoader, Sample
 from .base import Subset, TierOptions
 
 
-def _private(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy in ordinary memory of a tensor that a worker sent through shared memory.
+def _private(value: Any) -> Any:
+    """``value`` with every tensor a worker sent through shared memory copied to ordinary memory.
 
     Keeping thousands of shared-memory segments would exhaust file mappings
     (vm.max_map_count) and pin /dev/shm space.
     """
-    shared: bool = tensor.is_shared()  # type: ignore[no-untyped-call]
-    return tensor.clone() if shared else tensor
+    if isinstance(value, torch.Tensor):
+        shared: bool = value.is_shared()  # type: ignore[no-untyped-call]
+        return value.clone() if shared else value
+    if isinstance(value, dict):
+        return {key: _private(element) for key, element in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_private(element) for element in value)
+    return value
+
+
+def _as_is(sample: Sample) -> Sample:
+    return sample
 
 
 class MemoryDataset(Dataset[Sample]):
@@ -38,12 +48,8 @@ class MemoryDataset(Dataset[Sample]):
         """Decode every item exactly once, with ``parallel`` processes."""
         samples: list[Sample] = []
         labels: list[int | None] = []
-        for decoded in decode(subset, items, loader, parallel=parallel):
-            metadata = {
-                name: _private(value) if isinstance(value, torch.Tensor) else value
-                for name, value in decoded.metadata.items()
-            }
-            samples.append((_private(decoded.tensor), metadata))
+        for decoded in decode(subset, items, loader, _as_is, parallel=parallel):
+            samples.append(_private(decoded.value))
             labels.append(decoded.label)
         return cls(samples, labels)
 
@@ -51,8 +57,8 @@ class MemoryDataset(Dataset[Sample]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Sample:
-        tensor, metadata = self.samples[index]
-        return tensor, fresh_metadata(metadata)
+        served: Sample = fresh(self.samples[index])  # the caller may change the containers
+        return served
 
     def labels(self) -> list[int | None]:
         """Labels recorded at load time."""

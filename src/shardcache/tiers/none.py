@@ -8,7 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ..core.decoding import read_label
-from ..core.samples import check_sample, describe
+from ..core.samples import Where, canonical_sample, describe
 from ..core.types import RawDataLoader, Sample
 from .base import Subset, TierOptions
 
@@ -33,10 +33,11 @@ class RawDataset(Dataset[Sample]):
             if hasattr(error, "add_note"):
                 error.add_note(f"while decoding {describe(self.subset, index, item)}")
             raise
-        return check_sample(value, subset=self.subset, index=index, item=item)
+        # The same rule as the tiers that store samples: every tier serves the same.
+        return canonical_sample(value, Where(self.subset, index, item))
 
     def labels(self) -> list[int | None]:
-        """Labels from ``loader.label(item)``."""
+        """Labels from ``loader.label(item)`` (or ``target(item)``), without decoding."""
         return [read_label(self.loader, item) for item in self.items]
 
     def close(self) -> None:
