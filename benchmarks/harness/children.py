@@ -255,9 +255,29 @@ def run_child(
 # ---- child processes: the child's side -------------------------------------------------------
 
 
-def child_main(run: Callable[[dict[str, Any]], Any], argv: Sequence[str] | None = None) -> None:
-    """The child's entry point: ``run(spec)`` on ``argv``'s SPEC file, its JSON to OUT."""
+Task = Callable[[dict[str, Any]], dict[str, Any]]
+"""A child's measurement: its spec in, its JSON-able result out."""
+
+
+def child_main(
+    tasks: Mapping[str, Task], argv: Sequence[str] | None = None, *, record_threads: bool = False
+) -> None:
+    """The child's entry point: ``tasks[spec["task"]](spec)`` for argv's SPEC, its JSON to OUT.
+
+    The spec's ``torch_threads``, when set, is applied before the task runs (measured
+    processes choose their intra-op threads, see `benchmarks.tiers`); ``record_threads``
+    adds to the result the number of threads the task ran with.
+    """
     spec_path, out_path = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(spec_path).read_text())
-    result = run(spec)
+    threads = spec.get("torch_threads")
+    if threads:
+        import torch  # the child's import: the parent stays without torch
+
+        torch.set_num_threads(threads)
+    result = tasks[spec["task"]](spec)
+    if record_threads:
+        import torch
+
+        result.setdefault("torch_threads", torch.get_num_threads())
     Path(out_path).write_text(json.dumps(result, indent=1))

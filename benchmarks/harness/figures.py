@@ -88,11 +88,11 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str 
     """A plain-text table in aligned columns; ``align`` as for `markdown_table`."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
-    def line(cells: Sequence[str], *, aligned: bool) -> str:
+    def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.rjust(width) if aligned and align[i : i + 1] == "r" else cell.ljust(width)
+            cell.rjust(width) if align[i : i + 1] == "r" else cell.ljust(width)
             for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
 
-    lines = [line(header, aligned=False), line(["-" * width for width in widths], aligned=False)]
-    return "\n".join(lines + [line(row, aligned=True) for row in rows])
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
