@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -100,23 +101,27 @@ def check_trees(trees: dict[str, Path], cache_dir: Path, cwd: Path) -> str:
     return first
 
 
-def time_once(src: Path, cache_dir: Path, cwd: Path) -> float:
-    """Seconds from starting ``python -m shardcache list`` to its exit."""
+def time_once(src: Path, cache_dir: Path, cwd: Path) -> tuple[float, float]:
+    """Wall seconds from starting ``python -m shardcache list`` to its exit, and its CPU
+    seconds (user + system: what other load on the machine inflates least)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(
         _command(cache_dir), env=_env(src), cwd=cwd, stdout=subprocess.DEVNULL, check=True
     )
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def time_trees(
     trees: dict[str, Path], cache_dir: Path, cwd: Path, repeats: int
-) -> dict[str, list[float]]:
+) -> dict[str, list[tuple[float, float]]]:
     """One warm-up run per tree, then ``repeats`` interleaved rounds (the order rotating)."""
     names = list(trees)
     for name in names:
         time_once(trees[name], cache_dir, cwd)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for round_number in range(repeats):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
@@ -187,25 +192,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = os.getloadavg()
     times = time_trees(args.trees, cache_dir, cwd, args.repeats)
     load_after = os.getloadavg()
-    first = median(next(iter(times.values())))
+    walls = {name: [wall for wall, _ in runs] for name, runs in times.items()}
+    first = median(next(iter(walls.values())))
     rows = [
         [
             name,
             f"{median(values) or 0:.3f}",
             f"{min(values):.3f} - {max(values):.3f}",
             f"{ratio(median(values), first) or 0:.2f}x",
+            f"{median(cpu for _, cpu in times[name]) or 0:.3f}",
             " ".join(f"{value:.3f}" for value in values),
         ]
-        for name, values in times.items()
+        for name, values in walls.items()
     ]
-    header = ["tree", "median (s)", "min - max (s)", "x first", "runs (s)"]
+    header = ["tree", "median (s)", "min - max (s)", "x first", "CPU median (s)", "runs (s)"]
     print(
         f"`python -m shardcache list --cache-dir {cache_dir}` ({args.caches} caches of "
         f"{args.samples} samples; {len(listing.splitlines())} lines of output, the same for "
         f"every tree); median of {args.repeats} interleaved runs after one warm-up each; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.\n"
     )
-    print(markdown_table(header, rows, "lrrrl"))
+    print(markdown_table(header, rows, "lrrrrl"))
     if args.importtime:
         for name, src in args.trees.items():
             total, by_cumulative, by_self = import_times(src, cache_dir, cwd, args.top)
