@@ -1,7 +1,7 @@
 """One peers measurement in a fresh process: ``python -m benchmarks._peers_child SPEC OUT``.
 
-`benchmarks.peers` writes a JSON spec, runs this module in a new interpreter (with a
-timeout), and reads the JSON result back, so that no system's imports, mappings, worker
+`benchmarks.peers` runs this module through `benchmarks.harness` in a new interpreter
+(with a timeout) for every figure, so that no system's imports, mappings, worker
 processes or allocator state leak into another's figures. The page cache does carry
 over, on purpose: every figure is taken after a warm-up pass, on files the kernel holds.
 
@@ -19,27 +19,16 @@ Tasks:
 
 from __future__ import annotations
 
-import json
-import os
 import resource
-import shutil
 import statistics
-import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks._peers_workload import SyntheticTensorLoader, Workload, litdata_sample
-
-CHUNK_BYTES = 1 << 26
-"""Shard, chunk and MDS shard size: 64 MiB for every system, shardcache's default."""
-
-WRITE_WORKERS = 2
-"""Processes that write a format, where the system has a parallel writer."""
+from benchmarks._peers_formats import SYSTEMS, ShardcacheSystem
+from benchmarks._peers_workload import Workload
+from benchmarks.harness import Task, child_main, timed_rates
 
 VERIFY_SAMPLES = 8
 """Samples compared with the reference after timing."""
@@ -47,301 +36,6 @@ VERIFY_SAMPLES = 8
 
 def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
-
-
-def _publish(staging: Path, final: Path) -> None:
-    """Rename a finished staging directory into place (a half-written one is never reused)."""
-    staging.rename(final)
-
-
-def _fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    return path
-
-
-# ---- systems ---------------------------------------------------------------------------------
-
-
-class System:
-    """How one system writes the workload, and reads it back.
-
-    Args:
-        spec: the measurement spec (``count``, ``data_dir``, ``batch_size``...).
-    """
-
-    format_name = ""
-    """Directory of the written format under the data directory ('' when none)."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec = spec
-        self.workload = Workload(spec["count"])
-        self.batch_size: int = spec.get("batch_size", 32)
-        self.data_dir = Path(spec["data_dir"])
-
-    @property
-    def path(self) -> Path:
-        """Where this system's copy of the workload lives."""
-        return self.data_dir / f"{self.format_name}-n{self.workload.count}"
-
-    def prepare(self) -> dict[str, Any]:
-        """Write the workload unless it is there already; returns what was done."""
-        if self.path.is_dir():
-            return {"reused": True, "bytes": _tree_bytes(self.path), "path": str(self.path)}
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        staging = _fresh(self.data_dir / f".staging-{self.path.name}-{os.getpid()}")
-        started = time.perf_counter()
-        self.write(staging)
-        _publish(staging, self.path)
-        return {
-            "reused": False,
-            "write_s": time.perf_counter() - started,
-            "bytes": _tree_bytes(self.path),
-            "path": str(self.path),
-        }
-
-    def write(self, staging: Path) -> None:
-        """Write the workload into ``staging`` (renamed into place afterwards)."""
-        raise NotImplementedError
-
-    def loader(self, workers: int) -> Iterable[Any]:
-        """The shuffled batch-32 loader with ``workers`` worker processes."""
-        raise NotImplementedError
-
-    def batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x, labels, indices)`` of one batch."""
-        return batch["x"], batch["y"], batch["i"]
-
-    def dataset(self) -> Any:
-        """An indexable dataset in written order, for sequential reads."""
-        raise NotImplementedError
-
-    def sample(self, value: Any) -> tuple[torch.Tensor, int, int]:
-        """``(x, label, index)`` of one ``dataset()[i]``."""
-        return torch.as_tensor(value["x"]), int(value["y"]), int(value["i"])
-
-
-class ShardcacheSystem(System):
-    """shardcache through `CachingDataModule`, so that its loaders' `BatchCollator` is used."""
-
-    tier = "disk"
-
-    @property
-    def path(self) -> Path:
-        return self.data_dir / "shardcache"
-
-    def _loader(self) -> SyntheticTensorLoader:
-        return SyntheticTensorLoader(self.workload.shape, self.workload.seed)
-
-    def prepare(self) -> dict[str, Any]:
-        if self.tier != "disk":
-            return {"reused": True, "bytes": 0, "note": "the memory tier writes no files"}
-        from shardcache.store import CacheRoot, cache_key, ensure_cache
-
-        items = self.workload.items()
-        key = cache_key("train", items, self._loader())
-        reused = CacheRoot(self.path).find(key.digest) is not None
-        started = time.perf_counter()
-        dataset = ensure_cache(self.path, "train", items, self._loader(), parallel=WRITE_WORKERS)
-        elapsed = time.perf_counter() - started
-        dataset.close()
-        result: dict[str, Any] = {"reused": reused, "path": str(dataset.path)}
-        result["bytes"] = _tree_bytes(dataset.path)
-        if not reused:
-            result["write_s"] = elapsed
-        return result
-
-    def datamodule(self, workers: int) -> Any:
-        from shardcache.datamodule import CachingDataModule
-
-        module = CachingDataModule(
-            {"train": self.workload.items()},
-            self._loader(),
-            batch_size=self.batch_size,
-            parallel=workers if workers else -1,
-            cache=self.tier,
-            cache_dir=self.path,
-        )
-        module.prepare_data()
-        started = time.perf_counter()
-        module.setup("fit")
-        self.setup_s = time.perf_counter() - started
-        return module
-
-    def loader(self, workers: int) -> Iterable[Any]:
-        return self.datamodule(workers).train_dataloader()  # type: ignore[no-any-return]
-
-    def batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        tensor, metadata = batch
-        return tensor, metadata["label"], metadata["index"]
-
-    def dataset(self) -> Any:
-        return self.datamodule(0).train_dataloader().dataset
-
-    def sample(self, value: Any) -> tuple[torch.Tensor, int, int]:
-        tensor, metadata = value
-        return tensor, int(metadata["label"]), int(metadata["index"])
-
-
-class ShardcacheMemorySystem(ShardcacheSystem):
-    """shardcache's memory tier: every sample decoded into RAM at setup."""
-
-    tier = "memory"
-
-
-class LitDataSystem(System):
-    """LitData: ``optimize`` into its chunk format; `StreamingDataset` + `StreamingDataLoader`."""
-
-    format_name = "litdata"
-
-    def write(self, staging: Path) -> None:
-        from litdata import optimize
-
-        workload = self.workload
-        labels = workload.labels()
-        jobs = [[workload.seed, list(workload.shape), i, labels[i]] for i in range(workload.count)]
-        optimize(
-            fn=litdata_sample,
-            inputs=jobs,
-            output_dir=str(staging),
-            chunk_bytes=CHUNK_BYTES,
-            num_workers=WRITE_WORKERS,
-            verbose=False,
-        )
-
-    def loader(self, workers: int) -> Iterable[Any]:
-        from litdata import StreamingDataLoader, StreamingDataset
-
-        dataset = StreamingDataset(str(self.path), shuffle=True)
-        return StreamingDataLoader(  # type: ignore[no-any-return]
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
-
-    def dataset(self) -> Any:
-        from litdata import StreamingDataset
-
-        return StreamingDataset(str(self.path))
-
-
-def _hf_generate(count: int) -> Iterable[dict[str, Any]]:
-    workload = Workload(count)
-    labels = workload.labels()
-    for index in range(count):
-        yield {"x": workload.array(index), "y": labels[index], "i": index}
-
-
-class HFDatasetsSystem(System):
-    """HF datasets: ``Dataset.from_generator`` with an Array3D feature, ``save_to_disk``,
-    ``load_from_disk(...).with_format("torch")`` through a torch DataLoader."""
-
-    format_name = "hf-datasets"
-    output_format = "torch"
-
-    def write(self, staging: Path) -> None:
-        import datasets
-
-        datasets.disable_progress_bars()
-        features = datasets.Features(
-            {
-                "x": datasets.Array3D(shape=self.workload.shape, dtype="float32"),
-                "y": datasets.Value("int64"),
-                "i": datasets.Value("int64"),
-            }
-        )
-        scratch = _fresh(staging.with_name(staging.name + "-generator-cache"))
-        try:
-            generated = datasets.Dataset.from_generator(
-                _hf_generate,
-                features=features,
-                gen_kwargs={"count": self.workload.count},
-                cache_dir=str(scratch),
-            )
-            generated.save_to_disk(str(staging))
-            del generated
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-    def dataset(self) -> Any:
-        import datasets
-
-        datasets.disable_progress_bars()
-        return datasets.load_from_disk(str(self.path)).with_format(self.output_format)
-
-    def loader(self, workers: int) -> Iterable[Any]:
-        from torch.utils.data import DataLoader
-
-        return DataLoader(
-            self.dataset(),
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
-
-
-class HFDatasetsNumpySystem(HFDatasetsSystem):
-    """HF datasets, same files, ``with_format("numpy")``: torch's collate makes the tensors."""
-
-    output_format = "numpy"
-
-
-class MosaicStreamingSystem(System):
-    """MosaicML Streaming: `MDSWriter` with an ndarray column; its `StreamingDataset`
-    (``local=`` only) through a torch DataLoader."""
-
-    format_name = "mosaicml-streaming"
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        super().__init__(spec)
-        # Its numpy samples are read-only: torch warns once when collating them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-
-    def write(self, staging: Path) -> None:
-        from streaming import MDSWriter
-
-        workload = self.workload
-        labels = workload.labels()
-        channels, height, width = workload.shape
-        columns = {"x": f"ndarray:float32:{channels},{height},{width}", "y": "int", "i": "int"}
-        with MDSWriter(out=str(staging), columns=columns, size_limit=CHUNK_BYTES) as writer:
-            for index in range(workload.count):
-                writer.write({"x": workload.array(index), "y": labels[index], "i": index})
-
-    def _dataset(self, *, shuffle: bool) -> Any:
-        from streaming import StreamingDataset
-        from streaming.base.util import clean_stale_shared_memory
-
-        clean_stale_shared_memory()
-        return StreamingDataset(local=str(self.path), shuffle=shuffle, batch_size=self.batch_size)
-
-    def loader(self, workers: int) -> Iterable[Any]:
-        from torch.utils.data import DataLoader
-
-        return DataLoader(
-            self._dataset(shuffle=True),
-            batch_size=self.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
-
-    def dataset(self) -> Any:
-        return self._dataset(shuffle=False)
-
-
-SYSTEMS: dict[str, type[System]] = {
-    "shardcache-disk": ShardcacheSystem,
-    "shardcache-memory": ShardcacheMemorySystem,
-    "litdata": LitDataSystem,
-    "hf-datasets": HFDatasetsSystem,
-    "hf-datasets-numpy": HFDatasetsNumpySystem,
-    "mosaicml-streaming": MosaicStreamingSystem,
-}
 
 
 # ---- tasks -----------------------------------------------------------------------------------
@@ -440,14 +134,8 @@ def memcpy(spec: dict[str, Any]) -> dict[str, Any]:
     shape = (spec.get("batch_size", 32), *Workload(1).shape)
     source, target = torch.rand(shape), torch.empty(shape)
     nbytes = source.nbytes
-    target.copy_(source)
-    rates = []
-    for _ in range(7):
-        count, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < 0.3 or count == 0:
-            target.copy_(source)
-            count += 1
-        rates.append(nbytes * count / elapsed / 1e9)
+    rates = timed_rates(lambda: target.copy_(source), amount=nbytes, rounds=7, min_seconds=0.3)
+    rates = [rate / 1e9 for rate in rates]
     return {"gb_s": statistics.median(rates), "batch_bytes": nbytes, "rounds_gb_s": rates}
 
 
@@ -470,6 +158,61 @@ class _Clocks:
         self.cpu[self._stage] = self.cpu.get(self._stage, 0.0) + time.process_time() - cpu
 
 
+def _profile_round(loader: Any, buffer: torch.Tensor) -> tuple[_Clocks, int]:
+    """One loader epoch, then the same work stage by stage; the clocks and the epoch's faults."""
+    from torch.utils.data import default_collate
+
+    dataset, collate = loader.dataset, loader.collate_fn
+    clocks = _Clocks()
+    mark = _minor_faults()
+    clocks.start("loader_epoch")
+    for _ in loader:
+        pass
+    clocks.stop()
+    faults = _minor_faults() - mark
+    clocks.start("sampler")
+    index_batches = list(loader.batch_sampler)
+    clocks.stop()
+    for indices in index_batches:
+        clocks.start("getitem")
+        samples = [dataset[i] for i in indices]
+        clocks.stop()
+        clocks.start("collator")
+        batch = collate(samples)
+        clocks.stop()
+        del batch
+        clocks.start("metadata_collate")
+        default_collate([sample[1] for sample in samples])
+        clocks.stop()
+        out = buffer[: len(samples)]
+        clocks.start("stack")
+        torch.stack([sample[0] for sample in samples], out=out)
+        clocks.stop()
+    return clocks, faults
+
+
+def _stage_medians(runs: list[_Clocks], clock: str) -> dict[str, float]:
+    """Median seconds per stage over the rounds, and what the measured stages leave."""
+    values = {
+        name: statistics.median(getattr(run, clock)[name] for run in runs) for name in runs[0].wall
+    }
+    return {
+        **values,
+        "collator_other": values["collator"] - values["metadata_collate"] - values["stack"],
+        "dataloader_other": values["loader_epoch"]
+        - values["sampler"]
+        - values["getitem"]
+        - values["collator"],
+    }
+
+
+def _stack_rate(tensors: list[torch.Tensor], buffer: torch.Tensor) -> float:
+    """GB/s of ``torch.stack`` of ``tensors`` into the buffer, median of 5 rounds."""
+    out = buffer[: len(tensors)]
+    rates = timed_rates(lambda: torch.stack(tensors, out=out), amount=out.nbytes, warmup=False)
+    return statistics.median(rates) / 1e9
+
+
 def profile(spec: dict[str, Any]) -> dict[str, Any]:
     """Where an epoch of the disk tier with 0 workers goes: each stage timed apart.
 
@@ -480,96 +223,36 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     machinery. Wall and CPU time are both kept: on a loaded machine the CPU time of each
     stage is the steadier figure.
     """
-    from torch.utils.data import default_collate
-
     system = ShardcacheSystem(spec)
     rounds = max(spec["repeats"], 5)
     loader: Any = system.loader(0)
-    dataset, collate = loader.dataset, loader.collate_fn
+    dataset = loader.dataset
     count = len(dataset)
     for _ in loader:  # warm-up: maps the shards, allocates the batch buffers
         pass
     first, _ = dataset[0]
     buffer = torch.empty((loader.batch_size, *first.shape), dtype=first.dtype)
     buffer.zero_()  # faulted in now, not in the first timed stack
-    runs: list[_Clocks] = []
-    faults = []
-    for _ in range(rounds):
-        clocks = _Clocks()
-        mark = _minor_faults()
-        clocks.start("loader_epoch")
-        for _ in loader:
-            pass
-        clocks.stop()
-        faults.append(_minor_faults() - mark)
-        clocks.start("sampler")
-        index_batches = list(loader.batch_sampler)
-        clocks.stop()
-        for indices in index_batches:
-            clocks.start("getitem")
-            samples = [dataset[i] for i in indices]
-            clocks.stop()
-            clocks.start("collator")
-            batch = collate(samples)
-            clocks.stop()
-            del batch
-            clocks.start("metadata_collate")
-            default_collate([sample[1] for sample in samples])
-            clocks.stop()
-            out = buffer[: len(samples)]
-            clocks.start("stack")
-            torch.stack([sample[0] for sample in samples], out=out)
-            clocks.stop()
-        runs.append(clocks)
-
-    def medians(clock: str) -> dict[str, float]:
-        names = runs[0].wall
-        return {
-            name: statistics.median(getattr(run, clock)[name] for run in runs) for name in names
-        }
-
-    def derived(values: dict[str, float]) -> dict[str, float]:
-        return {
-            **values,
-            "collator_other": values["collator"] - values["metadata_collate"] - values["stack"],
-            "dataloader_other": values["loader_epoch"]
-            - values["sampler"]
-            - values["getitem"]
-            - values["collator"],
-        }
-
+    runs, faults = zip(*(_profile_round(loader, buffer) for _ in range(rounds)), strict=True)
     # The copy's speed from the cache's file-backed mapping against from anonymous memory.
-    batch_count = min(count, loader.batch_size)
-    mapped = [dataset[i][0] for i in range(batch_count)]
+    mapped = [dataset[i][0] for i in range(min(count, loader.batch_size))]
     in_memory = [tensor.clone() for tensor in mapped]
-
-    def stack_rate(tensors: list[torch.Tensor]) -> float:
-        out = buffer[: len(tensors)]
-        measured = []
-        for _ in range(5):
-            started, done = time.perf_counter(), 0
-            while time.perf_counter() - started < 0.2 or not done:
-                torch.stack(tensors, out=out)
-                done += 1
-            measured.append(out.nbytes * done / (time.perf_counter() - started) / 1e9)
-        return statistics.median(measured)
-
     return {
         "samples": count,
         "rounds": rounds,
-        "wall_s": derived(medians("wall")),
-        "cpu_s": derived(medians("cpu")),
+        "wall_s": _stage_medians(list(runs), "wall"),
+        "cpu_s": _stage_medians(list(runs), "cpu"),
         "runs_wall_s": [run.wall for run in runs],
         "runs_cpu_s": [run.cpu for run in runs],
-        "loader_minor_faults": faults,
-        "stack_from_mmap_gb_s": stack_rate(mapped),
-        "stack_from_memory_gb_s": stack_rate(in_memory),
+        "loader_minor_faults": list(faults),
+        "stack_from_mmap_gb_s": _stack_rate(mapped, buffer),
+        "stack_from_memory_gb_s": _stack_rate(in_memory, buffer),
         "sample_bytes": first.nbytes,
         "torch_threads": torch.get_num_threads(),
     }
 
 
-TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+TASKS: dict[str, Task] = {
     "prepare": prepare,
     "loader": loader,
     "sequential": sequential,
@@ -578,15 +261,5 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    spec_path, out_path = argv if argv is not None else sys.argv[1:]
-    spec = json.loads(Path(spec_path).read_text())
-    if spec.get("torch_threads"):
-        torch.set_num_threads(spec["torch_threads"])
-    result = TASKS[spec["task"]](spec)
-    result.setdefault("torch_threads", torch.get_num_threads())
-    Path(out_path).write_text(json.dumps(result, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    child_main(TASKS, record_threads=True)

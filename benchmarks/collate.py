@@ -4,13 +4,13 @@ python -m benchmarks.collate [--items 1000] [--repeats 3]
 
 Builds (once, under bench-data/collate/) a cache of float32 [1, 512, 512] samples (1 MiB)
 and reads it through a stock DataLoader, batch 32, shuffled, num_workers 0 and 2, with
-torch's default_collate and with shardcache's BatchCollator; prints medians of warm epochs.
+torch's default_collate and with shardcache's BatchCollator; prints medians of warm epochs
+and their ratio (`benchmarks.harness`). All four run in this one process, one after another.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.harness import median, ratio, text_table
 from shardcache.serving.collate import BatchCollator
 from shardcache.store import CacheDataset, ensure_cache
 
@@ -33,7 +34,9 @@ class SeededNoise:
         return int(item) % 2
 
 
-def epochs_per_second(dataset: CacheDataset, workers: int, pooled: bool, repeats: int) -> float:
+def epochs_per_second(
+    dataset: CacheDataset, workers: int, pooled: bool, repeats: int
+) -> float | None:
     loader = DataLoader(
         dataset,
         batch_size=32,
@@ -48,7 +51,7 @@ def epochs_per_second(dataset: CacheDataset, workers: int, pooled: bool, repeats
         count = sum(batch[0].shape[0] for batch in loader)
         if repeat:
             rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return median(rates)
 
 
 def main() -> None:
@@ -61,11 +64,15 @@ def main() -> None:
     print(
         f"{args.items} samples of 1 MiB, batch 32, shuffled; warm epochs, median of {args.repeats}"
     )
-    print(f"{'num_workers':>11}  {'default_collate':>16}  {'BatchCollator':>14}  ratio")
+    rows = []
     for workers in (0, 2):
         plain = epochs_per_second(dataset, workers, pooled=False, repeats=args.repeats)
         pooled = epochs_per_second(dataset, workers, pooled=True, repeats=args.repeats)
-        print(f"{workers:>11}  {plain:>12,.0f} /s  {pooled:>10,.0f} /s  {pooled / plain:.2f}x")
+        speedup = ratio(pooled, plain)
+        shown = [f"{value:,.0f} /s" if value is not None else "-" for value in (plain, pooled)]
+        rows.append([str(workers), *shown, "-" if speedup is None else f"{speedup:.2f}x"])
+    header = ["num_workers", "default_collate", "BatchCollator", "ratio"]
+    print(text_table(header, rows, align="rrrr"))
 
 
 if __name__ == "__main__":

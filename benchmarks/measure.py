@@ -1,9 +1,9 @@
 """One measurement in a fresh process: ``python -m benchmarks.measure SPEC.json OUT.json``.
 
-`benchmarks.tiers` writes a spec, runs this module in a new interpreter, and reads the
-result back, so that nothing leaks between measurements: no loaded samples, mappings,
-worker processes or allocator state. The page cache does carry over, on purpose: the
-"warm" figures are about a cache whose files the kernel already holds.
+`benchmarks.tiers_plan` runs this module through `benchmarks.harness` in a new
+interpreter per measurement, so that nothing leaks between measurements: no loaded
+samples, mappings, worker processes or allocator state. The page cache does carry over,
+on purpose: the "warm" figures are about a cache whose files the kernel already holds.
 
 Tasks:
     run: open the train subset of one tier through `CachingDataModule` and time its
@@ -12,20 +12,14 @@ Tasks:
         memory of the process and its DataLoader workers.
     ddp: one rank of a two-rank gloo group: rank 0 prepares, every rank sets up and
         iterates a whole epoch, then each takes its memory while both are alive.
-    references: physical references: memcpy of sample-sized tensors (one cache-hot sample,
-        and a 256 MiB pool), sequential reads of the shard files from the page cache, and
-        reads through the disk tier's mappings.
+    references: physical references (`benchmarks.references`); the ``run`` task that
+        builds the first disk cache takes them too.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
-import os
-import statistics
-import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +27,13 @@ import psutil
 import torch
 
 from benchmarks.counting import CountingImageLoader, count_decodes
+from benchmarks.harness import Task, child_main
+from benchmarks.references import references
 
 # Imported before any clock starts: Lightning takes seconds to import.
 from shardcache.datamodule import CachingDataModule
 
 MB = 1 << 20
-POOL_BYTES = 256 * MB
-"""Source pool of the memcpy reference: well beyond any CPU cache..."""
-POOL_SAMPLES = 4096
-"""...in at most this many samples (tiny samples would time Python's loop, not memory)."""
 
 
 # ---- helpers shared by the tasks ------------------------------------------------------------
@@ -225,113 +217,12 @@ def ddp(spec: dict[str, Any]) -> dict[str, Any]:
         dist.destroy_process_group()
 
 
-def _rate(action: Callable[[], object], *, nbytes: int, min_seconds: float = 0.2) -> float:
-    """Median bytes per second of ``action`` over 5 rounds of at least ``min_seconds``."""
-    action()
-    rates = []
-    for _ in range(5):
-        count, mark = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - mark) < min_seconds or count == 0:
-            action()
-            count += 1
-        rates.append(nbytes * count / elapsed)
-    return statistics.median(rates)
-
-
-def references(spec: dict[str, Any]) -> dict[str, Any]:
-    """Physical references on this machine (see the module docstring)."""
-    from shardcache.store import CacheDataset, CacheRoot
-
-    caches = [CacheDataset(path) for path in CacheRoot(Path(spec["cache_dir"])).published()]
-    dataset = min(caches, key=len)  # the N split's cache, not the larger one
-    path = dataset.path
-    first, _ = dataset[0]
-    shape, sample_bytes = tuple(first.shape), first.nbytes
-    result: dict[str, Any] = {"sample_shape": list(shape), "sample_bytes": sample_bytes}
-
-    # One thread: a physical per-core reference, and steady on a busy machine (two
-    # intra-op threads on two shared cores wait on each other for milliseconds).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    source, target = torch.rand(shape), torch.empty(shape)
-    result["memcpy_hot_gb_s"] = _rate(lambda: target.copy_(source), nbytes=sample_bytes) / 1e9
-    # The same copies from a pool larger than the CPU caches, as the data set's samples
-    # are: the reference that reads from the page cache compare with.
-    pool = torch.rand(min(max(2, POOL_BYTES // sample_bytes), POOL_SAMPLES), *shape)
-
-    def copy_pool() -> None:
-        for sample in pool:
-            target.copy_(sample)
-
-    result["memcpy_gb_s"] = _rate(copy_pool, nbytes=pool.nbytes) / 1e9
-
-    shards = sorted(path.glob("shard-*.safetensors"))
-    total = sum(shard.stat().st_size for shard in shards)
-    buffer = bytearray(8 * MB)
-    view = memoryview(buffer)
-
-    def read_all() -> None:
-        for shard in shards:
-            descriptor = os.open(shard, os.O_RDONLY)
-            try:
-                while os.readv(descriptor, [view]):
-                    pass
-            finally:
-                os.close(descriptor)
-
-    result["page_cache_read_gb_s"] = _rate(read_all, nbytes=total, min_seconds=0.1) / 1e9
-    result["shard_bytes_read"] = total
-
-    # Through the disk tier's mappings: the first pass faults the pages into this process.
-    dataset = CacheDataset(path)
-    count = len(dataset)
-    mark = time.perf_counter()
-    for index in range(count):
-        target.copy_(dataset[index][0])
-    first_pass = time.perf_counter() - mark
-    result["mmap_first_touch_gb_s"] = count * sample_bytes / first_pass / 1e9
-
-    def copy_all() -> None:
-        for index in range(count):
-            target.copy_(dataset[index][0])
-
-    result["mmap_warm_copy_gb_s"] = _rate(copy_all, nbytes=count * sample_bytes) / 1e9
-
-    # Per-sample overhead: CacheDataset.__getitem__ against a bare view of one mapping.
-    def getitem_all() -> None:
-        for index in range(count):
-            dataset[index]
-
-    result["getitem_us"] = 1e6 / _rate(getitem_all, nbytes=count, min_seconds=0.1)
-    mapped = torch.UntypedStorage.from_file(
-        str(shards[0]), shared=False, nbytes=shards[0].stat().st_size
-    )
-    stride = first.stride()
-
-    def bare_views() -> None:
-        for _ in range(count):
-            torch.empty(0).set_(mapped, 0, shape, stride)
-
-    result["bare_view_us"] = 1e6 / _rate(bare_views, nbytes=count, min_seconds=0.1)
-    torch.set_num_threads(threads)
-    return result
-
-
-TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+TASKS: dict[str, Task] = {
     "run": run,
     "ddp": ddp,
     "references": references,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    spec_path, out_path = argv if argv is not None else sys.argv[1:]
-    spec = json.loads(Path(spec_path).read_text())
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    result = TASKS[spec["task"]](spec)
-    Path(out_path).write_text(json.dumps(result, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    child_main(TASKS)

@@ -1,6 +1,7 @@
 """`python -m benchmarks.peers`: missing, failing and hanging peers are reported, not fatal.
 
-These tests need none of the peer packages: they run real subprocesses that fail or hang.
+These tests need none of the peer packages: they run real subprocesses that fail or hang
+(through `benchmarks.harness`, the child runner that every benchmark uses).
 """
 
 from __future__ import annotations
@@ -17,11 +18,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def peers() -> ModuleType:
+def _module(name: str) -> ModuleType:
+    # benchmarks/ is a top-level package of the repository, not of the installed library.
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    return importlib.import_module("benchmarks.peers")
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def peers() -> ModuleType:
+    return _module("benchmarks.peers")
+
+
+@pytest.fixture(scope="module")
+def harness() -> ModuleType:
+    return _module("benchmarks.harness")
+
+
+@pytest.fixture(scope="module")
+def peers_report() -> ModuleType:
+    return _module("benchmarks.peers_report")
 
 
 def test_missing_peer_is_reported_not_installed(peers: ModuleType) -> None:
@@ -36,16 +52,18 @@ def test_missing_peer_is_reported_not_installed(peers: ModuleType) -> None:
     assert "w0" not in entry  # nothing was run for it
 
 
-def test_failing_measurement_reports_its_error(peers: ModuleType) -> None:
+def test_failing_measurement_reports_its_error(harness: ModuleType) -> None:
     code = "import sys; print('noise', file=sys.stderr); raise ValueError('peer exploded')"
-    result = peers.run_process([sys.executable, "-c", code], timeout=60)
+    result = harness.run_process([sys.executable, "-c", code], timeout=60)
     assert not result["ok"]
     assert result["error"] == "ValueError: peer exploded"
     assert result["returncode"] == 1
 
 
 @pytest.mark.slow
-def test_hanging_measurement_is_killed_with_its_workers(peers: ModuleType, tmp_path: Path) -> None:
+def test_hanging_measurement_is_killed_with_its_workers(
+    harness: ModuleType, tmp_path: Path
+) -> None:
     pid_file = tmp_path / "worker.pid"
     code = (
         "import subprocess, sys, time\n"
@@ -54,7 +72,7 @@ def test_hanging_measurement_is_killed_with_its_workers(peers: ModuleType, tmp_p
         "time.sleep(600)\n"
     )
     started = time.monotonic()
-    result = peers.run_process([sys.executable, "-c", code], timeout=2)
+    result = harness.run_process([sys.executable, "-c", code], timeout=2)
     assert time.monotonic() - started < 60
     assert not result["ok"]
     assert "timed out after 2 s" in result["error"]
@@ -69,7 +87,7 @@ def test_hanging_measurement_is_killed_with_its_workers(peers: ModuleType, tmp_p
         pytest.fail(f"worker {worker} of the hung measurement is still alive")
 
 
-def test_report_shows_failed_and_missing_peers(peers: ModuleType) -> None:
+def test_report_shows_failed_and_missing_peers(peers_report: ModuleType) -> None:
     systems = {
         "shardcache-disk": {
             "label": "shardcache disk tier",
@@ -117,12 +135,12 @@ def test_report_shows_failed_and_missing_peers(peers: ModuleType) -> None:
         "memcpy": memcpy,
         "systems": systems,
     }
-    summary.update(peers.summarize(systems, memcpy, 1 << 20))
+    summary.update(peers_report.summarize(systems, memcpy, 1 << 20))
     statuses = {target["target"]: target["status"] for target in summary["targets"]}
     assert statuses["disk tier w0 >= 3x the best peer's w0"] == "PASS"  # 9000 / 2000
     assert statuses["disk tier w0 >= 40% of memcpy bandwidth"] == "PASS"  # 9.4 GB/s of 20
     assert statuses["disk tier w2 >= 2x the best peer's w2"] == "n/a"  # no peer finished w2
-    text = peers.markdown(summary)
+    text = peers_report.markdown(summary)
     assert "| Ghost | - | not installed |" in text
     assert "| LitData | 0.2.76 | 2,000 | timed out | 3,000 |" in text
     assert "- Ghost: module 'ghost' not found" in text

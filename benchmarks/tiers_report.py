@@ -1,11 +1,13 @@
-"""Render a `benchmarks.tiers` summary as markdown tables and as a PNG plot."""
+"""Render a `benchmarks.tiers` summary as markdown: what was measured, tables, targets."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-TIERS = ("none", "memory", "disk")
+from benchmarks.harness import markdown_table
+from benchmarks.tiers_plan import TIERS
+
 BUSY_LOAD = 0.5
 """Load average per CPU above which the report warns that other work shared the machine."""
 
@@ -28,22 +30,19 @@ def _size(nbytes: float | None) -> str:
     return f"{nbytes:.1f} GiB"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return [*lines, ""]
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [markdown_table(header, rows), ""]
 
 
 def _workers(parallel: int) -> str:
     return "in-process" if parallel < 0 else f"{parallel} workers"
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """The report: what was measured, the tables, and the targets as PASS/MISS lines."""
+def _intro(summary: dict[str, Any]) -> list[str]:
+    """What was measured, on what machine, and a warning when the machine was busy."""
     params, machine = summary["params"], summary["machine"]
     dataset = params["dataset"]
-    n, scale = params["items"], params["scale"]
-    head = params["headline_parallel"]
+    n, head = params["items"], params["headline_parallel"]
     channels = 1 if params["mode"] == "gray" else 3
     shape = f"[{channels}, {params['size']}, {params['size']}]"
     out = [
@@ -82,6 +81,12 @@ def markdown(summary: dict[str, Any]) -> str:
             "the tens of milliseconds are the least.",
             "",
         ]
+    return out
+
+
+def _summary(summary: dict[str, Any]) -> list[str]:
+    """The per-tier table at the headline ``parallel`` setting, and ratios to memory."""
+    head = summary["params"]["headline_parallel"]
     rows = []
     for tier in TIERS:
         t = summary["tiers"][tier]
@@ -99,7 +104,7 @@ def markdown(summary: dict[str, Any]) -> str:
                 _size(t["cache_bytes"]),
             ]
         )
-    out += _table(
+    out = _table(
         [
             "tier",
             "build / first epoch (s)",
@@ -138,8 +143,12 @@ def markdown(summary: dict[str, Any]) -> str:
         for tier in ("none", "disk")
     ]
     out += _table(["tier", "build", "warm throughput", "first batch", "PSS"], rows)
+    return out
 
-    out += ["## Targets", ""]
+
+def _targets(summary: dict[str, Any]) -> list[str]:
+    """The design targets as PASS/MISS lines."""
+    out = ["## Targets", ""]
     for target in summary["targets"]:
         verdict = {True: "PASS", False: "MISS", None: "n/a"}[target["pass"]]
         out.append(
@@ -150,9 +159,13 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "Ratios are taken at every `parallel` setting and the worst one counts.",
         "",
-        "## By `parallel` setting",
-        "",
     ]
+    return out
+
+
+def _by_parallel(summary: dict[str, Any]) -> list[str]:
+    """Every tier's figures at every ``parallel`` setting."""
+    out = ["## By `parallel` setting", ""]
     rows = []
     for parallel, block in summary["by_parallel"].items():
         for tier in TIERS:
@@ -197,6 +210,14 @@ def markdown(summary: dict[str, Any]) -> str:
         "main process's PSS before opening the DataModule, divided by the decoded size of "
         "the split (workers add their own interpreter pages).",
         "",
+    ]
+    return out
+
+
+def _first_batch(summary: dict[str, Any]) -> list[str]:
+    """Time to first batch on a warm disk cache, N against SCALE x N items."""
+    n, scale = summary["params"]["items"], summary["params"]["scale"]
+    out = [
         f"## Time to first batch on a warm disk cache: N = {n} vs {scale}N = {scale * n} items",
         "",
         f"The {scale}N split lists every image {scale} times under distinct items, so it has "
@@ -213,42 +234,51 @@ def markdown(summary: dict[str, Any]) -> str:
         for parallel, block in summary["by_parallel"].items()
     ]
     out += _table(["parallel", "N (s)", f"{scale}N (s)", "ratio"], rows)
+    return out
 
-    if summary["ddp"]:
-        out += [
-            "## DDP: 2 ranks on CPU (gloo), first run",
-            "",
-            "Rank 0 runs `prepare_data()`, both ranks `setup()` and iterate a whole epoch "
-            "in-process; memory is taken while both ranks are alive.",
-            "",
-        ]
-        rows = [
-            [
-                f"`{tier}`",
-                str(d["decodes_total"]),
-                _num(d["rss_sum_mb"]),
-                _num(d["pss_sum_mb"]),
-                _num(d["cache_pss_sum_mb"]) if tier == "disk" else "n/a",
-                _num(d["data_copies"], 2),
-                _num(d["seconds"]),
-            ]
-            for tier, d in summary["ddp"].items()
-        ]
-        out += _table(
-            [
-                "tier",
-                "decodes (both ranks)",
-                "RSS sum (MiB)",
-                "PSS sum (MiB)",
-                "shard maps PSS sum (MiB)",
-                "data copies (PSS)",
-                "slowest rank (s)",
-            ],
-            rows,
-        )
 
+def _ddp(summary: dict[str, Any]) -> list[str]:
+    """Two DDP ranks' decodes and memory (empty without DDP runs)."""
+    if not summary["ddp"]:
+        return []
+    out = [
+        "## DDP: 2 ranks on CPU (gloo), first run",
+        "",
+        "Rank 0 runs `prepare_data()`, both ranks `setup()` and iterate a whole epoch "
+        "in-process; memory is taken while both ranks are alive.",
+        "",
+    ]
+    rows = [
+        [
+            f"`{tier}`",
+            str(d["decodes_total"]),
+            _num(d["rss_sum_mb"]),
+            _num(d["pss_sum_mb"]),
+            _num(d["cache_pss_sum_mb"]) if tier == "disk" else "n/a",
+            _num(d["data_copies"], 2),
+            _num(d["seconds"]),
+        ]
+        for tier, d in summary["ddp"].items()
+    ]
+    out += _table(
+        [
+            "tier",
+            "decodes (both ranks)",
+            "RSS sum (MiB)",
+            "PSS sum (MiB)",
+            "shard maps PSS sum (MiB)",
+            "data copies (PSS)",
+            "slowest rank (s)",
+        ],
+        rows,
+    )
+    return out
+
+
+def _references(summary: dict[str, Any]) -> list[str]:
+    """The physical references: memcpy, page cache, mmap, per-sample overhead."""
     r = summary["references"]
-    out += [
+    out = [
         "## Physical references on this machine",
         "",
     ]
@@ -282,67 +312,10 @@ def markdown(summary: dict[str, Any]) -> str:
         "disk tier's views, in a fresh process (first touch faults pages in) and again.",
         "",
     ]
-    return "\n".join(out)
+    return out
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
-    """Three panels: build time, warm throughput, and memory (PSS) by tier."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    parallels = list(summary["by_parallel"])
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    width = 0.8 / len(parallels)
-    for number, parallel in enumerate(parallels):
-        tiers = summary["by_parallel"][parallel]["tiers"]
-        offsets = [i + (number - (len(parallels) - 1) / 2) * width for i in range(len(TIERS))]
-        label = f"parallel={parallel}"
-        axes[0].bar(offsets, [tiers[t]["build_s"] or 0 for t in TIERS], width, label=label)
-        axes[1].bar(
-            offsets, [tiers[t]["warm_samples_per_s"] or 0 for t in TIERS], width, label=label
-        )
-    axes[0].set_title("build / first epoch (s), lower is better")
-    axes[1].set_title("warm epoch throughput (samples/s)")
-    series, memory_labels = [], []
-    for parallel, block in summary["by_parallel"].items():
-        tiers = block["tiers"]
-        series.append(
-            [(tiers[t]["pss_mb"] or 0) - (tiers[t]["baseline_pss_mb"] or 0) for t in TIERS]
-        )
-        workers = int(parallel)
-        memory_labels.append(
-            "one process" if workers < 0 else f"one process + {workers} workers (their own too)"
-        )
-    if summary["ddp"]:
-        ddp = summary["ddp"]
-        series.append(
-            [ddp[t]["pss_sum_mb"] - ddp[t]["baseline_pss_sum_mb"] if t in ddp else 0 for t in TIERS]
-        )
-        memory_labels.append("DDP, 2 ranks (sum)")
-    width = 0.8 / len(series)
-    for number, (values, label) in enumerate(zip(series, memory_labels, strict=True)):
-        offsets = [i + (number - (len(series) - 1) / 2) * width for i in range(len(TIERS))]
-        axes[2].bar(offsets, values, width, label=label)
-    axes[2].axhline(
-        summary["params"]["decoded_bytes"] / (1 << 20),
-        color="black",
-        linestyle="--",
-        linewidth=1,
-        label="one copy of the decoded split",
-    )
-    axes[2].set_title("PSS above the interpreter's own (MiB)")
-    for axis in axes:
-        axis.set_xticks(range(len(TIERS)), TIERS)
-        axis.set_ylim(top=axis.get_ylim()[1] * 1.4)  # headroom for the legend
-        axis.legend(fontsize="small", loc="upper left")
-        axis.grid(axis="y", alpha=0.3)
-    params = summary["params"]
-    figure.suptitle(
-        f"shardcache tiers: N={params['items']} images {params['size']}x{params['size']}, "
-        f"batch {params['batch_size']}, medians of {params['repeats']}"
-    )
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def markdown(summary: dict[str, Any]) -> str:
+    """The report: what was measured, the tables, and the targets as PASS/MISS lines."""
+    sections = (_intro, _summary, _targets, _by_parallel, _first_batch, _ddp, _references)
+    return "\n".join(line for section in sections for line in section(summary))

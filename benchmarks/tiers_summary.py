@@ -1,0 +1,261 @@
+"""From the raw results of `benchmarks.tiers_plan` to ``summary.json``: medians, ratios, targets.
+
+Figures are medians over the repeats (`benchmarks.harness.median`); ratios are taken
+against the memory tier of the same run, at every ``parallel`` setting, and the worst
+``parallel`` counts for each design target.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.harness import available_cpus, median, meets, ratio
+from benchmarks.tiers_plan import TIERS
+
+if TYPE_CHECKING:
+    from benchmarks.synthetic import SyntheticDataset
+    from benchmarks.tiers_plan import Options
+
+MB = 1 << 20
+FLAT_FIRST_BATCH = 1.5
+"""Time to first batch counts as flat when 4N takes at most this many times N's."""
+
+
+def tier_figures(options: Options, runs: list[dict[str, Any]], tier: str, parallel: int) -> Any:
+    """Medians of one tier at one ``parallel`` setting."""
+    mine = [r["result"] for r in runs if r["tier"] == tier and r["parallel"] == parallel]
+    served = [r for r in mine if "epoch_s" in r and "memory" in r]
+    builds = [r for r in mine if "prepare_s" in r]
+    n = options.items
+    if tier == "none":
+        build = [r["setup_s"] + r["epoch_s"][0] for r in served]
+    elif tier == "memory":
+        build = [r["setup_s"] for r in served]
+    else:
+        build = [r["prepare_s"] for r in builds]
+    warm = [n / statistics.median(r["epoch_s"][1:]) for r in served if len(r["epoch_s"]) > 1]
+    totals = [r["memory"]["total"] for r in served]
+    figures: dict[str, Any] = {
+        "build_s": median(build),
+        "warm_samples_per_s": median(warm),
+        "first_epoch_samples_per_s": median([n / r["epoch_s"][0] for r in served]),
+        "first_batch_s": median([r["first_batch_s"] for r in served]),
+        "rss_mb": median([t["rss_mb"] for t in totals]),
+        "pss_mb": median([t["pss_mb"] for t in totals]),
+        "uss_mb": median([t["uss_mb"] for t in totals]),
+        "cache_pss_mb": median([t.get("cache_pss_mb") for t in totals]),
+        "main_rss_mb": median([r["memory"]["processes"]["main"]["rss_mb"] for r in served]),
+        "baseline_pss_mb": median([r["baseline"]["pss_mb"] for r in served]),
+        "processes": max((len(r["memory"]["processes"]) for r in served), default=0),
+        "samples_build": build,
+        "samples_warm": warm,
+    }
+    if tier == "disk":
+        figures["cache_bytes"] = builds[0]["cache_bytes"] if builds else None
+        figures[f"first_batch_{options.scale}N_s"] = median(
+            [r["first_batch_s"] for r in mine if r.get("items") == options.scale * n]
+        )
+    return figures
+
+
+def decode_counts(runs: list[dict[str, Any]], tier: str) -> tuple[int | None, int | None]:
+    """Decodes of the tier's first run and of the next fresh process (its second run)."""
+    if tier == "disk":
+        builds = [r["result"] for r in runs if r["kind"] == "build"]
+        warm = [r["result"] for r in runs if r["kind"] == "run" and r["tier"] == "disk"]
+        return builds[0]["decodes_prepare"], warm[0]["decodes_first_epoch"]
+    served = [r["result"] for r in runs if r["tier"] == tier and r["kind"] in {"run", "second_run"}]
+    counts = [r["decodes_first_epoch"] for r in served]
+    return counts[0], counts[1] if len(counts) > 1 else None
+
+
+def ddp_figures(ranks: list[dict[str, Any]], data_bytes: int) -> dict[str, Any]:
+    pss = sum(rank["memory"]["pss_mb"] for rank in ranks)
+    baseline = sum(rank["baseline"]["pss_mb"] for rank in ranks)
+    cache_pss = sum(rank["memory"].get("cache_pss_mb", 0.0) for rank in ranks)
+    return {
+        "ranks": ranks,
+        "rss_sum_mb": sum(rank["memory"]["rss_mb"] for rank in ranks),
+        "pss_sum_mb": pss,
+        "uss_sum_mb": sum(rank["memory"]["uss_mb"] for rank in ranks),
+        "baseline_pss_sum_mb": baseline,
+        "cache_pss_sum_mb": cache_pss,
+        "data_copies": (pss - baseline) * MB / data_bytes,
+        "cache_copies": cache_pss * MB / data_bytes,
+        "decodes_total": ranks[0]["decodes_total"],
+        "seconds": max(rank["epoch_s"] for rank in ranks),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import lightning
+    import psutil
+    import torch
+    import torchvision
+
+    import shardcache
+
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "cpus_available": available_cpus(),
+        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+        "shardcache": shardcache.__version__,
+    }
+
+
+def by_parallel(options: Options, runs: list[dict[str, Any]], data_bytes: int) -> dict[str, Any]:
+    """Per ``parallel`` setting: each tier's figures, ratios to memory, first batch N vs 4N."""
+    blocks: dict[str, Any] = {}
+    for parallel in options.parallels:
+        tiers = {tier: tier_figures(options, runs, tier, parallel) for tier in TIERS}
+        for figures in tiers.values():
+            pss, base = figures["pss_mb"], figures["baseline_pss_mb"]
+            figures["data_copies"] = (
+                None if pss is None or base is None else (pss - base) * MB / data_bytes
+            )
+        memory = tiers["memory"]
+        ratios = {
+            tier: {
+                key: ratio(tiers[tier][key], memory[key])
+                for key in ("build_s", "warm_samples_per_s", "first_batch_s", "pss_mb")
+            }
+            for tier in ("none", "disk")
+        }
+        disk = tiers["disk"]
+        big = f"{options.scale}N"
+        first_batch = {"N": disk["first_batch_s"], big: disk[f"first_batch_{big}_s"]}
+        first_batch["ratio"] = ratio(first_batch[big], first_batch["N"])
+        blocks[str(parallel)] = {
+            "num_workers": max(parallel, 0),
+            "tiers": tiers,
+            "ratios": ratios,
+            "first_batch": first_batch,
+        }
+    return blocks
+
+
+def summary_tiers(runs: list[dict[str, Any]], head: dict[str, Any]) -> dict[str, Any]:
+    """The per-tier summary at the headline ``parallel`` setting, with decode counts."""
+    result = {}
+    for tier in TIERS:
+        figures = head["tiers"][tier]
+        first, second = decode_counts(runs, tier)
+        result[tier] = {
+            "build_s": figures["build_s"],
+            "warm_samples_per_s": figures["warm_samples_per_s"],
+            "first_batch_s": figures["first_batch_s"],
+            "decodes_first_run": first,
+            "decodes_second_run": second,
+            "rss_mb": figures["rss_mb"],
+            "pss_mb": figures["pss_mb"],
+            "cache_bytes": figures.get("cache_bytes") or 0,
+        }
+    return result
+
+
+def summarise(
+    options: Options, dataset: SyntheticDataset, raw: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The summary.json document (see the module docstring of `benchmarks.tiers_report`)."""
+    runs = raw["runs"]
+    sample_bytes = next(r["result"]["sample_bytes"] for r in runs if r["kind"] == "run")
+    data_bytes = options.items * sample_bytes
+    blocks = by_parallel(options, runs, data_bytes)
+    head = blocks[str(options.headline_parallel)]
+    summary = {
+        "tiers": summary_tiers(runs, head),
+        "ratios": head["ratios"],
+        "machine": {**machine_info(), **extra["machine"]},
+        "params": {
+            "command": extra["command"],
+            "quick": options.quick,
+            "items": options.items,
+            "size": options.size,
+            "mode": options.mode,
+            "image_format": options.image_format,
+            "repeats": options.repeats,
+            "parallels": list(options.parallels),
+            "headline_parallel": options.headline_parallel,
+            "batch_size": options.batch_size,
+            "warm_epochs": options.warm_epochs,
+            "scale": options.scale,
+            "threads": options.threads,
+            "sample_bytes": sample_bytes,
+            "decoded_bytes": data_bytes,
+            "dataset": {"root": str(dataset.root), **dataset.info},
+            "wall_s": extra["wall_s"],
+        },
+        "by_parallel": blocks,
+        "ddp": {tier: ddp_figures(ranks, data_bytes) for tier, ranks in raw["ddp"].items()},
+        "references": raw["references"],
+        "runs": runs,
+    }
+    summary["targets"] = targets(summary)
+    return summary
+
+
+def _worst(values: list[float | None], *, at_most: bool) -> float | None:
+    present = [value for value in values if value is not None]
+    if not present:
+        return None
+    return max(present) if at_most else min(present)
+
+
+def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The design's performance targets, each a pass/miss line (the worst ``parallel`` counts)."""
+    blocks = summary["by_parallel"].values()
+    lines = []
+
+    def line(name: str, value: float | None, limit: float, at_most: bool, unit: str) -> None:
+        lines.append(
+            {
+                "name": name,
+                "value": value,
+                "limit": limit,
+                "compare": "<=" if at_most else ">=",
+                "unit": unit,
+                "pass": meets(value, limit, at_most=at_most),
+            }
+        )
+
+    warm = [p["ratios"]["disk"]["warm_samples_per_s"] for p in blocks]
+    line("disk warm throughput vs memory", _worst(warm, at_most=False), 0.9, False, "x")
+    build = [p["ratios"]["disk"]["build_s"] for p in blocks]
+    line("disk build time vs memory load", _worst(build, at_most=True), 1.1, True, "x")
+    scale = summary["params"]["scale"]
+    flat = _worst([p["first_batch"]["ratio"] for p in blocks], at_most=True)
+    line(f"time to first batch, {scale}N vs N (flat)", flat, FLAT_FIRST_BATCH, True, "x")
+    if "disk" in summary["ddp"]:
+        # The PSS of the shard mappings summed over ranks: the page-cache pages the job
+        # holds, without each rank's own allocations (shown in the DDP table).
+        copies = summary["ddp"]["disk"]["cache_copies"]
+        name = "DDP 2 ranks, disk tier shard pages resident (sum of PSS)"
+        line(name, copies, 1.1, True, "copies")
+        decodes = summary["ddp"]["disk"]["decodes_total"]
+        items = summary["params"]["items"]
+        line("DDP 2 ranks, disk tier decodes per item", decodes / items, 1.0, True, "per item")
+    references = summary["references"]
+    bandwidth = ratio(references["page_cache_read_gb_s"], references["memcpy_gb_s"])
+    line("page-cache read bandwidth vs memcpy", bandwidth, 0.5, False, "x")
+    overhead = references["getitem_us"] - references["bare_view_us"]
+    line("disk __getitem__ overhead over a bare mmap view", overhead, 5.0, True, "us")
+    return lines
