@@ -8,29 +8,30 @@ import pty
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from _cli_helpers import (
-    DEADLINE,
-    build,
-    expected_digest,
-    finish_reader,
-    start_reader,
-)
 from shardcache.cli import main, parse_duration, parse_size
 from shardcache.core.units import format_size
-from shardcache.store import CacheDataset, CacheRoot
+from shardcache.store import CacheDataset, CacheRoot, ensure_cache
 from shardcache.store.format import Manifest
 from shardcache.store.header import file_digest
 from shardcache.store.layout import LAST_USED_NAME
 from shardcache.store.locking import BuildLock, Lease, lease_held
+from shardcache.tiers.none import RawDataset
+from support.loaders import TinyLoader
+from support.processes import DEADLINE, subprocess_env, wait_for
+from support.samples import dataset_digest
 
 BIN = Path(sys.executable).parent
 TRAIN = range(40)  # 5 shards of 8 samples
 VALIDATION = range(100, 110)  # 2 shards
+
+SHARD_BYTES = 2048
+"""With 64 float32 per sample (256 bytes): 8 samples per shard."""
 
 ENTRY_KEYS = {
     "name",
@@ -46,6 +47,60 @@ ENTRY_KEYS = {
     "problem",
     "owner",
 }
+
+
+def build(cache_dir: Path, subset: str, items: Sequence[int]) -> Path:
+    """Build (or open) the cache of ``items`` and close it again; its directory."""
+    dataset = ensure_cache(cache_dir, subset, list(items), TinyLoader(), shard_bytes=SHARD_BYTES)
+    dataset.close()
+    return dataset.path
+
+
+def expected_digest(items: Sequence[int]) -> str:
+    """The `dataset_digest` a correct cache of ``items`` gives."""
+    return dataset_digest(RawDataset("expected", list(items), TinyLoader()))
+
+
+READER = """
+import sys
+from pathlib import Path
+
+from shardcache.store import CacheDataset
+from support.processes import wait_for
+from support.samples import dataset_digest
+
+cache, ready, go, result = sys.argv[1:5]
+dataset = CacheDataset(cache)
+dataset[0]  # maps every shard
+Path(ready).touch()
+wait_for(Path(go))
+Path(result).write_text(dataset_digest(dataset))
+"""
+
+
+def start_reader(cache: Path, workdir: Path, **env: str) -> subprocess.Popen[bytes]:
+    """Start a process that reads ``cache``; return once it has read one sample.
+
+    It creates ``workdir/ready``, waits for ``workdir/go``, then reads every sample and
+    writes their digest to ``workdir/result``.
+    """
+    paths = [str(workdir / name) for name in ("ready", "go", "result")]
+    process = subprocess.Popen(
+        [sys.executable, "-c", READER, str(cache), *paths],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(**env),
+    )
+    wait_for(workdir / "ready", process)
+    return process
+
+
+def finish_reader(process: subprocess.Popen[bytes], workdir: Path) -> str:
+    """Let the reader read everything; the digest it computed."""
+    (workdir / "go").touch()
+    _, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 0, err.decode()
+    return (workdir / "result").read_text()
 
 
 @pytest.fixture(autouse=True)
@@ -336,7 +391,7 @@ def test_info(
         "format_version": "1",
         "items_sha256": manifest.key_inputs["items_sha256"],
         "loader.attributes.width": "64",
-        "loader.class": "_cli_helpers.TinyLoader",
+        "loader.class": "support.loaders.TinyLoader",
         "loader.source_sha256": manifest.key_inputs["loader"]["source_sha256"],
         "num_items": "40",
     }
@@ -590,7 +645,7 @@ def test_clear_while_another_process_reads_the_cache(
 ) -> None:
     root, train, _ = caches
     size = format_size(size_of(train))
-    reader = start_reader(train, tmp_path, {**os.environ, "SHARDCACHE_MMAP": mmap})
+    reader = start_reader(train, tmp_path, SHARDCACHE_MMAP=mmap)
     try:
         code, out, _ = run(capsys, "clear", train.name, "--yes", "--cache-dir", str(root))
         assert not train.exists()

@@ -21,29 +21,32 @@ import pytest
 import torch
 import xxhash
 
-from _fault_helpers import (
-    CRASH_EXIT,
-    N_ITEMS,
-    SHARD_BYTES,
-    SizedLoader,
-    SlowLoader,
-    child_spec,
-    count_decodes,
-    dataset_digest,
-    leftovers,
-    make_items,
-    published,
-    reference_digest,
-    reference_sample,
-    sized_sample,
-    staged_samples,
-    start_fork,
-)
 from shardcache.errors import CorruptCacheError
 from shardcache.store import CacheDataset, ensure_cache
 from shardcache.store.format import Manifest
 from shardcache.store.header import file_digest, read_header
 from shardcache.store.layout import MANIFEST_NAME, SHARD_NAME, shard_name
+from support.builds import (
+    SHARD_BYTES,
+    child_build,
+    child_spec,
+    leftovers,
+    published,
+    staged_samples,
+)
+from support.crash import CRASH_EXIT
+from support.decodes import decode_count
+from support.loaders import (
+    N_ITEMS,
+    SizedLoader,
+    SlowLoader,
+    make_items,
+    reference_digest,
+    reference_sample,
+    sized_sample,
+)
+from support.processes import fork_child
+from support.samples import dataset_digest
 
 REFERENCE = reference_digest(make_items())
 
@@ -134,14 +137,14 @@ def test_damage_detected_at_open_is_rebuilt(
     caplog.set_level(logging.WARNING, logger="shardcache")
     dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "rebuild")
     assert dataset_digest(dataset) == REFERENCE
-    assert count_decodes(tmp_path / "decodes.log", "rebuild") == N_ITEMS
+    assert decode_count(tmp_path / "decodes.log", "rebuild") == N_ITEMS
     # Logged: which cache, which file, what is wrong with it.
     [warning] = [r.message for r in caplog.records if "will be rebuilt" in r.message]
     assert f"cache {built.name} is damaged and will be rebuilt: {damaged}: " in warning
     assert expected in warning, warning
     dataset.close()
     assert _ensure(tmp_path / "cache", tmp_path / "decodes.log", "after").manifest.key
-    assert count_decodes(tmp_path / "decodes.log", "after") == 0
+    assert decode_count(tmp_path / "decodes.log", "after") == 0
     assert leftovers(tmp_path / "cache") == []
     assert [p.name for p in published(tmp_path / "cache")] == [built.name]
 
@@ -157,7 +160,7 @@ def test_a_cache_directory_renamed_from_another_key_is_not_served(tmp_path: Path
     theirs_path.rename(ours_path)  # by hand, or a botched copy: the name says "ours"
     dataset = _ensure(cache_dir, tmp_path / "decodes.log", "again")
     assert dataset_digest(dataset) == REFERENCE
-    assert count_decodes(tmp_path / "decodes.log", "again") == N_ITEMS
+    assert decode_count(tmp_path / "decodes.log", "again") == N_ITEMS
 
 
 def test_flipped_tensor_bytes_are_left_to_verify(built: Path, tmp_path: Path) -> None:
@@ -171,7 +174,7 @@ def test_flipped_tensor_bytes_are_left_to_verify(built: Path, tmp_path: Path) ->
         stream.write(bytes([byte[0] ^ 0xFF]))
     # Not detected at open (sizes hold; no data is read), by design: no decode happens...
     dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "open")
-    assert count_decodes(tmp_path / "decodes.log", "open") == 0
+    assert decode_count(tmp_path / "decodes.log", "open") == 0
     served, _ = dataset[header.start]
     expected, _ = reference_sample(make_items()[header.start])
     assert not torch.equal(served.view(torch.uint8), expected.view(torch.uint8))
@@ -194,7 +197,7 @@ def test_a_damaged_shard_header_fails_the_first_read_naming_the_file(
     assert dataset[0][0].numel() > 0  # other shards serve: headers are parsed per shard
     with pytest.raises(CorruptCacheError, match=f"^{shard}: tensor .* malformed entry"):
         dataset[first_sample]  # the first read of that shard parses and checks its header
-    assert count_decodes(tmp_path / "decodes.log", "open") == 0
+    assert decode_count(tmp_path / "decodes.log", "open") == 0
 
 
 @pytest.mark.slow
@@ -219,7 +222,7 @@ def test_datamodule_rebuilds_a_damaged_cache(
     caplog.set_level(logging.WARNING, logger="shardcache")
     datamodule = module("rebuild")
     datamodule.prepare_data()
-    assert count_decodes(count_file, "rebuild") == len(items)  # train only; test was intact
+    assert decode_count(count_file, "rebuild") == len(items)  # train only; test was intact
     assert any(f"cache {train.name} is damaged" in r.message for r in caplog.records)
     datamodule.setup("fit")
     for item, (tensor, metadata) in zip(
@@ -250,7 +253,7 @@ def test_damaged_staging_shards_are_decoded_again(
 ) -> None:
     # A build dies after writing most shards (the loader exits at its 36th decode).
     spec = child_spec(tmp_path, "crash", crash_at_decode=36, delay=0.01)
-    assert start_fork(spec).wait() == CRASH_EXIT
+    assert fork_child(child_build, spec).wait() == CRASH_EXIT
     [staging] = (tmp_path / "cache" / ".staging").iterdir()
     shards = sorted(staging.glob("shard-*"), key=lambda p: p.name)
     assert len(shards) >= 8, "the build should have left several shards to resume from"
@@ -280,7 +283,7 @@ def test_damaged_staging_shards_are_decoded_again(
     dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "resume")
     assert dataset_digest(dataset) == REFERENCE
     # Everything not in an intact staged shard is decoded, once.
-    resumed = count_decodes(tmp_path / "decodes.log", "resume")
+    resumed = decode_count(tmp_path / "decodes.log", "resume")
     assert resumed == N_ITEMS - intact, (resumed, N_ITEMS, intact)
     warnings = [r.message for r in caplog.records if "not resuming from a damaged" in r.message]
     named = {name for name in (s.name for s in shards[:3]) if any(name in w for w in warnings)}
@@ -293,7 +296,7 @@ def test_damaged_staging_shards_are_decoded_again(
 @pytest.mark.slow
 def test_resume_with_another_shard_size_and_overlapping_shards(tmp_path: Path) -> None:
     spec = child_spec(tmp_path, "crash", crash_at_decode=30, delay=0.01)
-    assert start_fork(spec).wait() == CRASH_EXIT
+    assert fork_child(child_build, spec).wait() == CRASH_EXIT
     [staging] = (tmp_path / "cache" / ".staging").iterdir()
     shards = sorted(staging.glob("shard-*"), key=lambda p: p.name)
     # A copy of shard 1 whose name claims to start one sample earlier overlaps shard 0.
@@ -305,4 +308,4 @@ def test_resume_with_another_shard_size_and_overlapping_shards(tmp_path: Path) -
     loader = SlowLoader(tmp_path / "decodes.log", tag="resume")
     dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, shard_bytes=8192)
     assert dataset_digest(dataset) == REFERENCE
-    assert count_decodes(tmp_path / "decodes.log", "resume") == N_ITEMS - staged
+    assert decode_count(tmp_path / "decodes.log", "resume") == N_ITEMS - staged

@@ -20,27 +20,45 @@ from typing import Any
 
 import pytest
 
-from _fault_helpers import (
-    CRASH_EXIT,
-    CRASH_POINTS,
-    N_ITEMS,
-    SHARD_BYTES,
-    SlowLoader,
-    child_spec,
-    expected_decodes,
-    make_items,
-    published,
-    reference_digest,
-    staged_samples,
-    start_exec,
-    start_fork,
-    verify_recovery,
-    wait_for,
-)
 from shardcache.store import ensure_cache
 from shardcache.store.layout import CacheRoot
+from support.builds import (
+    SHARD_BYTES,
+    child_build,
+    child_spec,
+    expected_decodes,
+    published,
+    staged_samples,
+    verify_recovery,
+)
+from support.crash import CRASH_EXIT
+from support.loaders import N_ITEMS, SlowLoader, make_items, reference_digest
+from support.processes import exec_child, fork_child, wait_for
 
 REFERENCE = reference_digest(make_items())
+
+# Where a build can die: the audit event, a pattern its arguments match, which occurrence
+# (or the loader's k-th decode). Each is a row of the crash matrix below.
+TMP = r"/\.tmp-[^/ ]*"
+CRASH_POINTS: dict[str, dict[str, Any]] = {
+    "lock owner file write": {"event": "open", "pattern": TMP + r"\.owner\.json "},
+    "lock owner file rename": {"event": "os.rename", "pattern": TMP + r"\.owner\.json "},
+    "staging mkdir": {"event": "os.mkdir", "pattern": r"/\.staging/[0-9a-f]{64}"},
+    "first decode": {"decode": 1},
+    "mid-build decode": {"decode": N_ITEMS // 2},
+    "last decode": {"decode": N_ITEMS},
+    "first shard temp open": {"event": "open", "pattern": TMP + r"shard-", "nth": 1},
+    "third shard temp open": {"event": "open", "pattern": TMP + r"shard-", "nth": 3},
+    "first shard rename": {"event": "os.rename", "pattern": TMP + r"shard-", "nth": 1},
+    "fourth shard rename": {"event": "os.rename", "pattern": TMP + r"shard-", "nth": 4},
+    "last shard rename": {"event": "os.rename", "pattern": TMP + r"shard-", "nth": "last"},
+    "items.json write": {"event": "open", "pattern": TMP + r"items\.json "},
+    "items.json rename": {"event": "os.rename", "pattern": TMP + r"items\.json "},
+    "manifest write": {"event": "open", "pattern": TMP + r"manifest\.json "},
+    "manifest rename": {"event": "os.rename", "pattern": TMP + r"manifest\.json "},
+    "publish rename": {"event": "os.rename", "pattern": r"/\.staging/[0-9a-f]{64} "},
+    "root fsync after publish": {"event": "open", "pattern": "^{root} "},
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +97,7 @@ def _crash_options(point: str, cache_dir: Path, shard_count: int) -> dict[str, A
 
 def _crash(workdir: Path, tag: str, options: dict[str, Any]) -> dict[str, Any]:
     """Run a build that must die at its crash point; describe what it left behind."""
-    child = start_fork(child_spec(workdir, tag, **options))
+    child = fork_child(child_build, child_spec(workdir, tag, **options))
     assert child.wait() == CRASH_EXIT, "the build did not reach its crash point"
     cache_dir = workdir / "cache"
     return {
@@ -159,7 +177,7 @@ def test_a_dying_decoding_worker_fails_the_build_and_the_next_run_resumes(
 ) -> None:
     # parallel=2: the worker that reaches its 8th decode exits; the DataLoader notices.
     spec = child_spec(tmp_path, "crash", parallel=2, crash_at_decode=8, delay=0.002)
-    child = start_fork(spec)
+    child = fork_child(child_build, spec)
     assert child.wait() == 0
     result = child.result()
     # torch reports a dead worker as RuntimeError ("exited unexpectedly"), or, when the
@@ -187,7 +205,7 @@ def test_sigkill_of_the_process_group_at_a_random_moment(tmp_path: Path) -> None
     ready = tmp_path / "ready"
     # Decoding takes at least 1 s (40 x 50 ms on two workers): kill it around mid-way.
     spec = child_spec(tmp_path, "build", parallel=2, delay=0.05, ready=str(ready))
-    child = start_exec(spec)
+    child = exec_child(child_build, spec)
     wait_for(ready)
     time.sleep(rng.uniform(0.3, 0.6))
     assert child.kill_group(), "the build finished before its kill"
@@ -196,7 +214,7 @@ def test_sigkill_of_the_process_group_at_a_random_moment(tmp_path: Path) -> None
     assert not published(tmp_path / "cache")
     ready = tmp_path / "ready2"
     spec = child_spec(tmp_path, "resumed", parallel=2, delay=0.05, ready=str(ready), setsid=True)
-    resumed = start_fork(spec)
+    resumed = fork_child(child_build, spec)
     wait_for(ready)
     time.sleep(rng.uniform(0.1, 0.3))  # at least 16 samples, 0.4 s, are left to decode
     assert resumed.kill_group(), "the resumed build finished before its kill"

@@ -20,27 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from _fault_helpers import (
-    SHARD_BYTES,
-    SizedLoader,
-    SlowLoader,
-    child_spec,
-    count_decodes,
-    dataset_digest,
-    leftovers,
-    make_items,
-    published,
-    readonly_bind,
-    reference_digest,
-    remount,
-    sized_sample,
-    staged_samples,
-    start_fork,
-    tmpfs,
-    wait_for,
-)
 from shardcache.errors import CacheDirError, InsufficientSpaceError
 from shardcache.store import ensure_cache
+from support.builds import (
+    SHARD_BYTES,
+    child_build,
+    child_spec,
+    leftovers,
+    published,
+    staged_samples,
+)
+from support.decodes import decode_count
+from support.loaders import SizedLoader, SlowLoader, make_items, reference_digest, sized_sample
+from support.mounts import readonly_bind, remount, tmpfs
+from support.processes import fork_child, wait_for
+from support.samples import dataset_digest
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -85,7 +79,7 @@ def test_free_space_check_refuses_early_with_the_numbers(small_fs: Path, tmp_pat
     ), message
     assert isinstance(caught.value, OSError)
     # Refused after the 16 samples of the estimate, not after decoding everything.
-    assert count_decodes(tmp_path / "decodes.log") == 16
+    assert decode_count(tmp_path / "decodes.log") == 16
     assert published(cache_dir) == []
     assert leftovers(cache_dir) == []
 
@@ -115,11 +109,11 @@ def test_disk_full_mid_write_then_the_filesystem_grows(small_fs: Path, tmp_path:
     again = SizedLoader(tmp_path / "decodes.log", tag="grown", **sizes)
     dataset = ensure_cache(cache_dir, "train", items, again, shard_bytes=2 * MiB)
     assert dataset_digest(dataset) == _sized_reference(items, **sizes)
-    assert count_decodes(tmp_path / "decodes.log", "grown") == 40 - staged  # resumed
+    assert decode_count(tmp_path / "decodes.log", "grown") == 40 - staged  # resumed
     dataset.close()
     later = SizedLoader(tmp_path / "decodes.log", tag="later", **sizes)
     ensure_cache(cache_dir, "train", items, later, shard_bytes=2 * MiB)
-    assert count_decodes(tmp_path / "decodes.log", "later") == 0
+    assert decode_count(tmp_path / "decodes.log", "later") == 0
 
 
 @pytest.mark.slow
@@ -137,7 +131,7 @@ def test_disk_full_while_writing_the_manifest(
         "resume": str(resume),
     }
     spec = child_spec(tmp_path, "full", cache_dir=str(small_fs / "cache"), pause=pause)
-    child = start_fork(spec)
+    child = fork_child(child_build, spec)
     wait_for(paused)
     filler = small_fs / "filler"
     _fill(filler)
@@ -156,7 +150,7 @@ def test_disk_full_while_writing_the_manifest(
     loader = SlowLoader(tmp_path / "decodes.log", tag="after")
     dataset = ensure_cache(small_fs / "cache", "train", make_items(), loader)
     assert dataset_digest(dataset) == reference_digest(make_items())
-    assert count_decodes(tmp_path / "decodes.log", "after") == 0  # every shard was kept
+    assert decode_count(tmp_path / "decodes.log", "after") == 0  # every shard was kept
 
 
 # ---- read-only cache directories ----------------------------------------------------------
@@ -175,7 +169,7 @@ def test_read_only_tmpfs_serves_its_published_cache(small_fs: Path, tmp_path: Pa
     loader = SlowLoader(tmp_path / "decodes.log", tag="ro")
     dataset = ensure_cache(small_fs / "cache", "train", make_items(), loader)
     assert dataset_digest(dataset) == reference
-    assert count_decodes(tmp_path / "decodes.log", "ro") == 0
+    assert decode_count(tmp_path / "decodes.log", "ro") == 0
     dataset.close()
 
 
@@ -185,7 +179,7 @@ def test_read_only_bind_mount_serves_its_published_cache(tmp_path: Path) -> None
         loader = SlowLoader(tmp_path / "decodes.log", tag="ro")
         dataset = ensure_cache(mounted / "cache", "train", make_items(), loader)
         assert dataset_digest(dataset) == reference
-        assert count_decodes(tmp_path / "decodes.log", "ro") == 0
+        assert decode_count(tmp_path / "decodes.log", "ro") == 0
         dataset.close()
         del dataset  # its mappings must not keep the mount busy
 
@@ -198,7 +192,7 @@ def test_empty_read_only_directory_names_the_path(small_fs: Path, tmp_path: Path
         ensure_cache(small_fs / "cache", "train", make_items(), loader)
     with pytest.raises(CacheDirError, match=re.escape(str(small_fs / "cache" / "sub"))):
         ensure_cache(small_fs / "cache" / "sub", "train", make_items(), loader)
-    assert count_decodes(tmp_path / "decodes.log") == 0
+    assert decode_count(tmp_path / "decodes.log") == 0
 
 
 def test_damaged_cache_on_a_read_only_directory_names_the_file(
@@ -216,7 +210,7 @@ def test_damaged_cache_on_a_read_only_directory_names_the_file(
         ensure_cache(small_fs / "cache", "train", make_items(), loader)
     assert f"{shard}: shard is " in str(caught.value)
     assert "cannot be rebuilt" in str(caught.value)
-    assert count_decodes(tmp_path / "decodes.log", "ro") == 0
+    assert decode_count(tmp_path / "decodes.log", "ro") == 0
 
 
 def test_cache_dir_under_a_regular_file_names_the_path(tmp_path: Path) -> None:
@@ -226,5 +220,5 @@ def test_cache_dir_under_a_regular_file_names_the_path(tmp_path: Path) -> None:
     for cache_dir in (regular, regular / "cache"):
         with pytest.raises(CacheDirError, match=re.escape(f"cache directory {cache_dir} ")):
             ensure_cache(cache_dir, "train", make_items(), loader)
-    assert count_decodes(tmp_path / "decodes.log") == 0
+    assert decode_count(tmp_path / "decodes.log") == 0
     shutil.rmtree(tmp_path / "file", ignore_errors=True)

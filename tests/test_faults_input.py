@@ -9,6 +9,7 @@ count), raised identically in-process (``parallel=-1``) and from DataLoader work
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,22 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from _fault_helpers import (
+from shardcache.errors import BadSamplesError, SampleError, SplitError
+from shardcache.store import ensure_cache
+from support.builds import leftovers, published
+from support.decodes import decode_count, decodes
+from support.loaders import (
     N_ITEMS,
     OPEN_FILES,
     BadLoader,
     SizedLoader,
     SlowLoader,
-    count_decodes,
-    dataset_digest,
-    leftovers,
     make_items,
-    published,
     reference_digest,
     sized_sample,
 )
-from shardcache.errors import BadSamplesError, SampleError, SplitError
-from shardcache.store import ensure_cache
+from support.samples import dataset_digest
 
 BAD = (3, 17)
 
@@ -75,11 +75,11 @@ def test_bad_samples_are_reported_together_naming_each_item(tmp_path: Path, mode
     assert message == (
         f"2 of {N_ITEMS} items of subset 'train' could not be decoded:\n  " + "\n  ".join(lines)
     )
-    assert count_decodes(count_file) == N_ITEMS  # it went on past the first failure
+    assert decode_count(count_file) == N_ITEMS  # it went on past the first failure
     assert published(tmp_path / "cache") == []
     # A second run trusts nothing of it: it decodes the bad items again and fails the same.
     assert _fail(tmp_path, BadLoader(count_file, mode, BAD), parallel=-1) == message
-    assert count_decodes(count_file) == N_ITEMS + len(BAD)
+    assert decode_count(count_file) == N_ITEMS + len(BAD)
     assert published(tmp_path / "cache") == []
     assert leftovers(tmp_path / "cache") == []
 
@@ -90,7 +90,7 @@ def test_bad_samples_from_worker_processes_read_the_same(tmp_path: Path, mode: s
     in_process = _fail(tmp_path / "a", BadLoader(tmp_path / "a.log", mode, BAD), parallel=-1)
     workers = _fail(tmp_path / "b", BadLoader(tmp_path / "b.log", mode, BAD), parallel=2)
     assert workers == in_process
-    assert count_decodes(tmp_path / "b.log") == N_ITEMS
+    assert decode_count(tmp_path / "b.log") == N_ITEMS
 
 
 @pytest.mark.slow
@@ -102,9 +102,9 @@ def test_bad_samples_from_spawned_workers_read_the_same(
     monkeypatch.setenv("SHARDCACHE_START_METHOD", "spawn")
     spawned = _fail(tmp_path / "b", BadLoader(tmp_path / "b.log", "open_file", BAD), parallel=2)
     assert spawned == in_process
-    workers = {line.split("\t")[1] for line in (tmp_path / "b.log").read_text().splitlines()}
+    workers = {decode.pid for decode in decodes(tmp_path / "b.log")}
     assert len(workers) == 2  # decoded in the two spawned workers, not here
-    assert str(__import__("os").getpid()) not in workers
+    assert os.getpid() not in workers
 
 
 @pytest.mark.parametrize("parallel", [-1, 2])
@@ -133,7 +133,7 @@ def test_an_item_that_is_not_json_is_refused_before_decoding(tmp_path: Path, par
         f"train[5] ({odd!r}): split items must be JSON values (str, number, list, dict with "
         "string keys)"
     )
-    assert count_decodes(tmp_path / "decodes.log") == 0
+    assert decode_count(tmp_path / "decodes.log") == 0
     assert not (tmp_path / "cache").exists() or published(tmp_path / "cache") == []
 
 

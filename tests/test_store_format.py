@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from _store_helpers import dataset_differences, sample_differences
 from shardcache import __version__
 from shardcache.store import FORMAT_VERSION, CacheDataset, Manifest, ensure_cache
 from shardcache.store.header import file_digest
 from shardcache.tiers.none import RawDataset
+from support.samples import dataset_differences, sample_differences
 
 ITEMS = [["a", 0], ["b", 1]]
 

@@ -16,22 +16,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from _store_helpers import (
-    DEADLINE,
-    CountingLoader,
-    RichLoader,
-    dataset_differences,
-    rich_items,
-    simple_items,
-    tensor_bytes,
-    wait_for,
-    zero_in_place_keep_input,
-    zero_served_sample,
-)
 from shardcache import CachingDataModule, CorruptCacheError
 from shardcache.store import CacheDataset, ensure_cache
 from shardcache.store.header import file_digest
 from shardcache.tiers.none import RawDataset
+from support.loaders import (
+    RichLoader,
+    SeededLoader,
+    make_items,
+    rich_items,
+    zero_in_place_keep_input,
+    zero_served_sample,
+)
+from support.processes import DEADLINE, wait_for
+from support.samples import dataset_differences, tensor_bytes
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc"
@@ -74,12 +72,12 @@ def recorded_checksums(dataset: CacheDataset) -> dict[str, str]:
 
 @pytest.fixture
 def cache(tmp_path: Path) -> CacheDataset:
-    loader = CountingLoader(tmp_path / "decodes.log", side=SIDE)
-    return ensure_cache(tmp_path / "cache", "train", simple_items(8), loader)
+    loader = SeededLoader(tmp_path / "decodes.log", side=SIDE)
+    return ensure_cache(tmp_path / "cache", "train", make_items(8), loader)
 
 
 def expected_samples(tmp_path: Path, count: int = 8) -> list[Any]:
-    raw = RawDataset("train", simple_items(count), CountingLoader(tmp_path / "x", side=SIDE))
+    raw = RawDataset("train", make_items(count), SeededLoader(tmp_path / "x", side=SIDE))
     return [raw[index] for index in range(count)]
 
 
@@ -157,8 +155,8 @@ def test_an_in_place_write_to_a_view_reaches_neither_the_file_nor_another_proces
 
 def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(tmp_path: Path) -> None:
     datamodule = CachingDataModule(
-        {"train": simple_items(8)},
-        CountingLoader(tmp_path / "decodes.log", side=SIDE),
+        {"train": make_items(8)},
+        SeededLoader(tmp_path / "decodes.log", side=SIDE),
         model_transforms=[zero_in_place_keep_input],
         batch_size=4,
         cache="disk",
@@ -181,8 +179,8 @@ def test_in_place_writes_in_workers_leave_the_cache_and_the_parent_untouched(
     tmp_path: Path,
 ) -> None:
     datamodule = CachingDataModule(
-        {"train": simple_items(8)},
-        CountingLoader(tmp_path / "decodes.log", side=SIDE),
+        {"train": make_items(8)},
+        SeededLoader(tmp_path / "decodes.log", side=SIDE),
         model_transforms=[zero_in_place_keep_input],
         batch_size=4,
         parallel=2,
@@ -223,7 +221,7 @@ def test_labels_come_from_the_manifest_without_touching_a_shard(
 
     labels = dataset.labels()
 
-    assert labels == [item[1] for item in simple_items(8)]
+    assert labels == [item[1] for item in make_items(8)]
     assert all(mappings_of(shard) == [] for shard in shards)
     with pytest.raises(CorruptCacheError, match="shard is missing"):
         dataset[0]
