@@ -122,10 +122,9 @@ def utc(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def caches(tmp_path: Path) -> tuple[Path, Path, Path]:
+def caches(cache_dir: Path) -> tuple[Path, Path, Path]:
     """A cache directory with a train (40 samples) and a validation (10) cache."""
-    root = tmp_path / "cache"
-    return root, build(root, "train", TRAIN), build(root, "validation", VALIDATION)
+    return cache_dir, build(cache_dir, "train", TRAIN), build(cache_dir, "validation", VALIDATION)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
@@ -668,15 +667,14 @@ def test_clear_while_another_process_reads_the_cache(
 
 
 @pytest.fixture
-def aged(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+def aged(cache_dir: Path) -> tuple[Path, dict[str, Path]]:
     """Three caches whose names do not sort in the order of their use."""
-    root = tmp_path / "cache"
     paths = {
-        "zeta": build(root, "zeta", range(10, 18)),  # used 3 days ago
-        "alpha": build(root, "alpha", range(20, 28)),  # 2 days ago
-        "mid": build(root, "mid", range(30, 38)),  # an hour ago
+        "zeta": build(cache_dir, "zeta", range(10, 18)),  # used 3 days ago
+        "alpha": build(cache_dir, "alpha", range(20, 28)),  # 2 days ago
+        "mid": build(cache_dir, "mid", range(30, 38)),  # an hour ago
     }
-    return root, paths
+    return cache_dir, paths
 
 
 def age(paths: dict[str, Path]) -> dict[str, datetime]:
@@ -759,9 +757,9 @@ def test_prune_max_size_lru_first_and_skips_a_cache_in_use(
 
 @pytest.mark.slow
 def test_prune_never_removes_a_cache_another_process_has_open(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, utc: None
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cache_dir: Path, utc: None
 ) -> None:
-    root = tmp_path / "cache"
+    root = cache_dir
     old, new = build(root, "old", range(8)), build(root, "new", range(100, 108))
     sizes = {path: format_size(size_of(path)) for path in (old, new)}
     reader = start_reader(old, tmp_path)

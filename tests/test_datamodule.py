@@ -51,13 +51,13 @@ def decodes_by_value(log: Path) -> Counter[int]:
 
 
 def datamodule(
-    tmp_path: Path,
+    cache_dir: Path,
     split: dict[str, list[Any]],
     loader: Any,
     tier: str,
     **options: Any,
 ) -> CachingDataModule:
-    return CachingDataModule(split, loader, cache=tier, cache_dir=tmp_path / "cache", **options)
+    return CachingDataModule(split, loader, cache=tier, cache_dir=cache_dir, **options)
 
 
 def values(batches: Any) -> list[int]:
@@ -124,10 +124,12 @@ class TinyModel(lightning.LightningModule):
     ("tier", "parallel"), [*[(tier, -1) for tier in TIERS], ("memory", 2), ("disk", 2)]
 )
 def test_trainer_fits_and_tests_with_every_tier(
-    tmp_path: Path, decode_log: Path, tier: str, parallel: int
+    cache_dir: Path, decode_log: Path, tier: str, parallel: int
 ) -> None:
     split = make_split(FULL)
-    dm = datamodule(tmp_path, split, ValueLoader(decode_log), tier, batch_size=2, parallel=parallel)
+    dm = datamodule(
+        cache_dir, split, ValueLoader(decode_log), tier, batch_size=2, parallel=parallel
+    )
     model = TinyModel()
     trainer = lightning.Trainer(
         accelerator="cpu",
@@ -164,9 +166,9 @@ def test_trainer_fits_and_tests_with_every_tier(
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_prepare_data_sets_no_state(tmp_path: Path, decode_log: Path, tier: str) -> None:
+def test_prepare_data_sets_no_state(cache_dir: Path, decode_log: Path, tier: str) -> None:
     split = make_split(FULL)
-    dm = datamodule(tmp_path, split, ValueLoader(decode_log), tier)
+    dm = datamodule(cache_dir, split, ValueLoader(decode_log), tier)
     before = {name: (value, repr(value)) for name, value in vars(dm).items()}
     dm.prepare_data()
     after = {name: (value, repr(value)) for name, value in vars(dm).items()}
@@ -176,18 +178,18 @@ def test_prepare_data_sets_no_state(tmp_path: Path, decode_log: Path, tier: str)
     ] == []
     if tier == "disk":
         # Only the caches on disk change: one per subset, every item decoded once.
-        assert published_subsets(tmp_path / "cache") == sorted(split)
+        assert published_subsets(cache_dir) == sorted(split)
         assert sorted(decodes_by_value(decode_log).values()) == [1] * sum(FULL.values())
     else:
         assert decoded_items(decode_log) == []
-        assert published_subsets(tmp_path / "cache") == []
+        assert published_subsets(cache_dir) == []
 
 
 @pytest.mark.parametrize("tier", ["memory", "disk"])
 def test_setup_fit_opens_only_train_validation_and_monitors(
-    tmp_path: Path, decode_log: Path, tier: str
+    cache_dir: Path, decode_log: Path, tier: str
 ) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), ValueLoader(decode_log), tier)
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), tier)
     dm.setup("fit")
     assert {name.rsplit("/", 1)[0] for name, *_ in decoded_items(decode_log)} == {
         "train",
@@ -195,7 +197,7 @@ def test_setup_fit_opens_only_train_validation_and_monitors(
         "monitor-train",
     }
     if tier == "disk":
-        assert published_subsets(tmp_path / "cache") == ["monitor-train", "train", "validation"]
+        assert published_subsets(cache_dir) == ["monitor-train", "train", "validation"]
     assert set(dm.val_dataloader()) == {"validation", "monitor-train"}
     with pytest.raises(ConfigurationError, match=r"subset 'test' is not set up"):
         dm.test_dataloader()
@@ -206,9 +208,9 @@ def test_setup_fit_opens_only_train_validation_and_monitors(
     [("validate", {"validation", "monitor-train"}), ("test", {"test"}), ("predict", {"test"})],
 )
 def test_setup_opens_what_the_stage_needs(
-    tmp_path: Path, decode_log: Path, stage: str, opened: set[str]
+    cache_dir: Path, decode_log: Path, stage: str, opened: set[str]
 ) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), ValueLoader(decode_log), "memory")
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), "memory")
     dm.setup(stage)
     assert {name.rsplit("/", 1)[0] for name, *_ in decoded_items(decode_log)} == opened
     with pytest.raises(ConfigurationError, match=r"subset 'train' is not set up"):
@@ -216,8 +218,8 @@ def test_setup_opens_what_the_stage_needs(
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_teardown_releases_the_stage_datasets(tmp_path: Path, decode_log: Path, tier: str) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), ValueLoader(decode_log), tier, batch_size=3)
+def test_teardown_releases_the_stage_datasets(cache_dir: Path, decode_log: Path, tier: str) -> None:
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), tier, batch_size=3)
     dm.setup("fit")
     dm.setup("test")
     dm.teardown("fit")
@@ -231,30 +233,30 @@ def test_teardown_releases_the_stage_datasets(tmp_path: Path, decode_log: Path, 
         dm.test_dataloader()
 
 
-def test_unknown_stage_is_a_configuration_error(tmp_path: Path, decode_log: Path) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), ValueLoader(decode_log), "none")
+def test_unknown_stage_is_a_configuration_error(cache_dir: Path, decode_log: Path) -> None:
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), "none")
     with pytest.raises(ConfigurationError, match=r"stage 'train' is not one of fit, validate"):
         dm.setup("train")
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_missing_subset_is_a_split_error(tmp_path: Path, decode_log: Path, tier: str) -> None:
+def test_missing_subset_is_a_split_error(cache_dir: Path, decode_log: Path, tier: str) -> None:
     dm = datamodule(
-        tmp_path, make_split({"train": 2, "validation": 2}), ValueLoader(decode_log), tier
+        cache_dir, make_split({"train": 2, "validation": 2}), ValueLoader(decode_log), tier
     )
     with pytest.raises(
         SplitError, match=r"setup\('test'\) needs subset 'test'; database_split has 'train', "
     ):
         dm.setup("test")
-    no_train = datamodule(tmp_path, make_split({"validation": 2}), ValueLoader(decode_log), tier)
+    no_train = datamodule(cache_dir, make_split({"validation": 2}), ValueLoader(decode_log), tier)
     with pytest.raises(SplitError, match=r"setup\('fit'\) needs subset 'train'"):
         no_train.setup("fit")
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_empty_subset_is_a_split_error(tmp_path: Path, decode_log: Path, tier: str) -> None:
+def test_empty_subset_is_a_split_error(cache_dir: Path, decode_log: Path, tier: str) -> None:
     split = make_split({"train": 3, "validation": 0})
-    dm = datamodule(tmp_path, split, ValueLoader(decode_log), tier)
+    dm = datamodule(cache_dir, split, ValueLoader(decode_log), tier)
     with pytest.raises(SplitError, match=r"subset 'validation' of database_split is empty"):
         dm.setup("fit")
 
@@ -277,7 +279,7 @@ def test_cache_samples_means_memory_and_cache_wins(tmp_path: Path, decode_log: P
     assert CachingDataModule(split, ValueLoader(decode_log)).cache == "none"
 
 
-def test_unknown_tier_lists_the_valid_ones(tmp_path: Path, decode_log: Path) -> None:
+def test_unknown_tier_lists_the_valid_ones(decode_log: Path) -> None:
     with pytest.raises(ConfigurationError) as caught:
         CachingDataModule(make_split({"train": 1}), ValueLoader(decode_log), cache="ram")  # type: ignore[arg-type]
     assert (
@@ -289,11 +291,11 @@ def test_unknown_tier_lists_the_valid_ones(tmp_path: Path, decode_log: Path) -> 
     "parallel", [-1, pytest.param(2, marks=pytest.mark.slow)], ids=["in-process", "workers"]
 )
 def test_memory_tier_decodes_each_item_once(
-    tmp_path: Path, decode_log: Path, parallel: int
+    cache_dir: Path, decode_log: Path, parallel: int
 ) -> None:
     split = make_split({"train": 6, "validation": 3, "test": 2})
     dm = datamodule(
-        tmp_path, split, ValueLoader(decode_log), "memory", batch_size=2, parallel=parallel
+        cache_dir, split, ValueLoader(decode_log), "memory", batch_size=2, parallel=parallel
     )
     dm.setup("fit")
     for _ in range(3):
@@ -306,10 +308,12 @@ def test_memory_tier_decodes_each_item_once(
 @pytest.mark.parametrize(
     "parallel", [-1, pytest.param(2, marks=pytest.mark.slow)], ids=["in-process", "workers"]
 )
-def test_none_tier_decodes_on_every_access(tmp_path: Path, decode_log: Path, parallel: int) -> None:
+def test_none_tier_decodes_on_every_access(
+    cache_dir: Path, decode_log: Path, parallel: int
+) -> None:
     split = make_split({"train": 4, "validation": 2})
     dm = datamodule(
-        tmp_path, split, ValueLoader(decode_log), "none", batch_size=2, parallel=parallel
+        cache_dir, split, ValueLoader(decode_log), "none", batch_size=2, parallel=parallel
     )
     dm.setup("fit")
     assert decoded_items(decode_log) == []
@@ -328,11 +332,11 @@ def test_none_tier_decodes_on_every_access(tmp_path: Path, decode_log: Path, par
     ],
 )
 def test_in_place_transform_never_reaches_the_cache(
-    tmp_path: Path, decode_log: Path, tier: str, parallel: int
+    cache_dir: Path, decode_log: Path, tier: str, parallel: int
 ) -> None:
     split = make_split({"train": 4, "validation": 2})
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         split,
         ValueLoader(decode_log),
         tier,
@@ -357,9 +361,9 @@ def test_in_place_transform_never_reaches_the_cache(
 # ---- batches -------------------------------------------------------------------------------
 
 
-def test_batch_chunk_count_serves_chunks(tmp_path: Path, decode_log: Path) -> None:
+def test_batch_chunk_count_serves_chunks(cache_dir: Path, decode_log: Path) -> None:
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         make_split({"train": 8, "validation": 4, "test": 2}),
         ValueLoader(decode_log),
         "memory",
@@ -399,18 +403,23 @@ def test_batch_size_must_be_a_positive_int(decode_log: Path, batch_size: Any) ->
 
 @pytest.mark.parametrize("drop", [True, False])
 def test_drop_incomplete_batch_drops_the_last_train_batch_only(
-    tmp_path: Path, decode_log: Path, drop: bool
+    cache_dir: Path, decode_log: Path, drop: bool
 ) -> None:
     split = make_split({"train": 5, "validation": 5})
     dm = datamodule(
-        tmp_path, split, ValueLoader(decode_log), "memory", batch_size=2, drop_incomplete_batch=drop
+        cache_dir,
+        split,
+        ValueLoader(decode_log),
+        "memory",
+        batch_size=2,
+        drop_incomplete_batch=drop,
     )
     dm.setup("fit")
     assert batch_sizes(dm.train_dataloader()) == ([2, 2] if drop else [2, 2, 1])
     assert batch_sizes(dm.unshuffled_train_dataloader()) == [2, 2, 1]
     assert batch_sizes(dm.val_dataloader()["validation"]) == [2, 2, 1]
     balanced = datamodule(
-        tmp_path,
+        cache_dir,
         split,
         ValueLoader(decode_log),
         "none",
@@ -429,10 +438,15 @@ def test_drop_incomplete_batch_drops_the_last_train_batch_only(
     ("parallel", "workers"), [(-1, 0), (-5, 0), (0, len(os.sched_getaffinity(0))), (2, 2)]
 )
 def test_parallel_sets_loader_workers(
-    tmp_path: Path, decode_log: Path, parallel: int, workers: int
+    cache_dir: Path, decode_log: Path, parallel: int, workers: int
 ) -> None:
     dm = datamodule(
-        tmp_path, make_split(FULL), ValueLoader(decode_log), "none", parallel=parallel, batch_size=2
+        cache_dir,
+        make_split(FULL),
+        ValueLoader(decode_log),
+        "none",
+        parallel=parallel,
+        batch_size=2,
     )
     dm.setup("fit")
     dm.setup("test")
@@ -452,10 +466,10 @@ def test_parallel_must_be_an_int(decode_log: Path, parallel: Any) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("tier", TIERS)
 def test_worker_processes_serve_the_right_samples(
-    tmp_path: Path, decode_log: Path, tier: str
+    cache_dir: Path, decode_log: Path, tier: str
 ) -> None:
     split = make_split({"train": 7, "validation": 5, "monitor-train": 3})
-    dm = datamodule(tmp_path, split, ValueLoader(decode_log), tier, batch_size=2, parallel=2)
+    dm = datamodule(cache_dir, split, ValueLoader(decode_log), tier, batch_size=2, parallel=2)
     dm.setup("fit")
     train = dm.train_dataloader()
     assert train.num_workers == 2
@@ -474,12 +488,12 @@ def test_worker_processes_serve_the_right_samples(
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_balanced_train_loader_weighs_labels_without_decoding(
-    tmp_path: Path, decode_log: Path, tier: str
+    cache_dir: Path, decode_log: Path, tier: str
 ) -> None:
     labels = [0] * 9 + [1]
     split = make_split({"train": 10}, labels={"train": labels})
     dm = datamodule(
-        tmp_path, split, ValueLoader(decode_log), tier, balance_sampler_by_class=True, batch_size=5
+        cache_dir, split, ValueLoader(decode_log), tier, balance_sampler_by_class=True, batch_size=5
     )
     dm.setup("fit")
     decodes_at_setup = decode_count(decode_log)
@@ -495,10 +509,10 @@ def test_balanced_train_loader_weighs_labels_without_decoding(
     assert sum(batch_sizes(loader)) == 10  # as many draws as samples
 
 
-def test_balanced_sampling_needs_integer_labels(tmp_path: Path, decode_log: Path) -> None:
+def test_balanced_sampling_needs_integer_labels(cache_dir: Path, decode_log: Path) -> None:
     # The samples' metadata carries integer labels; label(item) does not: it decides.
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         make_split({"train": 4}),
         TextLabelLoader(decode_log),
         "none",
@@ -521,10 +535,10 @@ BAD_KINDS = {
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_sample_names_subset_index_and_item(
-    tmp_path: Path, decode_log: Path, kind: str
+    cache_dir: Path, decode_log: Path, kind: str
 ) -> None:
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         make_split({"train": 4}),
         BadValueLoader(decode_log, kind, bad=[2]),
         "none",
@@ -541,9 +555,11 @@ def test_bad_sample_names_subset_index_and_item(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_sample_in_a_worker_keeps_its_type(tmp_path: Path, decode_log: Path, kind: str) -> None:
+def test_bad_sample_in_a_worker_keeps_its_type(
+    cache_dir: Path, decode_log: Path, kind: str
+) -> None:
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         make_split({"train": 4}),
         BadValueLoader(decode_log, kind, bad=[2]),
         "none",
@@ -567,10 +583,10 @@ def test_bad_sample_in_a_worker_keeps_its_type(tmp_path: Path, decode_log: Path,
     ],
 )
 def test_load_reports_every_bad_sample(
-    tmp_path: Path, decode_log: Path, tier: str, parallel: int
+    cache_dir: Path, decode_log: Path, tier: str, parallel: int
 ) -> None:
     loader = BadValueLoader(decode_log, "metadata", bad=[1, 3])
-    dm = datamodule(tmp_path, make_split({"train": 5}), loader, tier, parallel=parallel)
+    dm = datamodule(cache_dir, make_split({"train": 5}), loader, tier, parallel=parallel)
     with pytest.raises(BadSamplesError) as caught:
         dm.setup("fit")
     message = str(caught.value)

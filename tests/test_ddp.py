@@ -118,10 +118,11 @@ def run_job(script: Path, cache_dir: Path, log: Path, out_dir: Path) -> list[dic
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_decode_each_item_once_and_serve_equal_data(tmp_path: Path) -> None:
+def test_two_ddp_ranks_decode_each_item_once_and_serve_equal_data(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    cache_dir = tmp_path / "cache"
     expected = {
         "train": dataset_digest(
             RawDataset("train", make_items(TRAIN), SeededLoader(tmp_path / "x"))

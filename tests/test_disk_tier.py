@@ -56,9 +56,10 @@ def published_names(cache_dir: Path) -> list[str]:
 # ---- tier equivalence ---------------------------------------------------------------------------
 
 
-def test_every_tier_serves_bitwise_equal_samples_and_decodes_once(tmp_path: Path) -> None:
+def test_every_tier_serves_bitwise_equal_samples_and_decodes_once(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     split = {"train": rich_items(RICH_ITEMS)}
-    cache_dir = tmp_path / "cache"
 
     def datamodule(tier: str, log: str, parallel: int = -1) -> CachingDataModule:
         loader = RichLoader(tmp_path / log)
@@ -93,9 +94,9 @@ def test_every_tier_serves_bitwise_equal_samples_and_decodes_once(tmp_path: Path
     }
 
 
-def test_dtypes_shapes_and_json_types_survive_the_disk(tmp_path: Path) -> None:
+def test_dtypes_shapes_and_json_types_survive_the_disk(tmp_path: Path, cache_dir: Path) -> None:
     items = rich_items(RICH_ITEMS)
-    dataset = ensure_cache(tmp_path / "cache", "train", items, RichLoader(tmp_path / "log"))
+    dataset = ensure_cache(cache_dir, "train", items, RichLoader(tmp_path / "log"))
 
     dtypes = [dataset[index][0].dtype for index in range(6)]
     shapes = [tuple(dataset[index][0].shape) for index in range(3)]
@@ -135,7 +136,9 @@ def test_dtypes_shapes_and_json_types_survive_the_disk(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_datamodule_batches_with_two_workers_are_equal_across_tiers(tmp_path: Path) -> None:
+def test_datamodule_batches_with_two_workers_are_equal_across_tiers(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     split = {"train": make_items(10)}
     batches = {}
     for tier in ("none", "memory", "disk"):
@@ -145,7 +148,7 @@ def test_datamodule_batches_with_two_workers_are_equal_across_tiers(tmp_path: Pa
             batch_size=4,
             parallel=2,
             cache=tier,
-            cache_dir=tmp_path / "cache",
+            cache_dir=cache_dir,
         )
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -187,9 +190,10 @@ Path(out).write_text(json.dumps({
 
 
 @pytest.mark.slow
-def test_another_process_without_lightning_reads_the_cache_and_builds_one(tmp_path: Path) -> None:
+def test_another_process_without_lightning_reads_the_cache_and_builds_one(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     """A later run in a fresh process decodes nothing, and the store needs no Lightning."""
-    cache_dir = tmp_path / "cache"
     split = {"train": rich_items(RICH_ITEMS)}
     datamodule = CachingDataModule(
         split, RichLoader(tmp_path / "first.log"), cache="disk", cache_dir=cache_dir
@@ -236,7 +240,7 @@ def race_prepare_data(cache_dir: Path, decode_log: Path, ready: Path, go: Path, 
 
 @pytest.mark.slow
 def test_four_processes_racing_prepare_data_decode_each_item_once(
-    tmp_path: Path, decode_log: Path
+    tmp_path: Path, cache_dir: Path, decode_log: Path
 ) -> None:
     # Forked, not spawned: four fresh interpreters importing Lightning cost far more than
     # the race itself. Each racer is its own process with its own locks and mappings.
@@ -247,7 +251,7 @@ def test_four_processes_racing_prepare_data_decode_each_item_once(
     context = multiprocessing.get_context("fork")
     processes = [
         context.Process(
-            target=race_prepare_data, args=(tmp_path / "cache", decode_log, ready[n], go, outs[n])
+            target=race_prepare_data, args=(cache_dir, decode_log, ready[n], go, outs[n])
         )
         for n in range(racers)
     ]

@@ -39,24 +39,26 @@ def _race(tmp_path: Path, specs: list[dict]) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("parties", "parallel"), [(8, -1), (4, 2)])
 def test_racing_processes_decode_each_item_once(
-    tmp_path: Path, parties: int, parallel: int
+    tmp_path: Path, decode_log: Path, cache_dir: Path, parties: int, parallel: int
 ) -> None:
     specs = [child_spec(tmp_path, f"p{i}", parallel=parallel, delay=0.002) for i in range(parties)]
     results = _race(tmp_path, specs)
     assert [result.get("error") for result in results] == [None] * parties
-    assert (decode_count(tmp_path / "decodes.log"), len(published(tmp_path / "cache"))) == (
+    assert (decode_count(decode_log), len(published(cache_dir))) == (
         N_ITEMS,
         1,
     )
     assert {result["digest"] for result in results} == {REFERENCE}
     # One process decoded everything; the others waited and opened its cache.
-    builders = {decode.tag for decode in decodes(tmp_path / "decodes.log")}
+    builders = {decode.tag for decode in decodes(decode_log)}
     assert len(builders) == 1
-    assert leftovers(tmp_path / "cache") == []
+    assert leftovers(cache_dir) == []
 
 
 @pytest.mark.slow
-def test_two_keys_built_concurrently_in_one_directory(tmp_path: Path) -> None:
+def test_two_keys_built_concurrently_in_one_directory(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
     specs = [
         child_spec(tmp_path, f"{prefix}{i}", prefix=prefix, delay=0.002)
         for i in range(3)
@@ -64,7 +66,7 @@ def test_two_keys_built_concurrently_in_one_directory(tmp_path: Path) -> None:
     ]
     results = _race(tmp_path, specs)
     assert [result.get("error") for result in results] == [None] * len(specs)
-    assert decode_count(tmp_path / "decodes.log") == 2 * N_ITEMS
+    assert decode_count(decode_log) == 2 * N_ITEMS
     by_prefix = {
         prefix: {
             result["digest"]
@@ -77,13 +79,13 @@ def test_two_keys_built_concurrently_in_one_directory(tmp_path: Path) -> None:
         "img": {REFERENCE},
         "scan": {reference_digest(make_items(prefix="scan"))},
     }
-    assert len(published(tmp_path / "cache")) == 2
-    assert not (tmp_path / "cache" / ".staging").exists() or not list(
-        (tmp_path / "cache" / ".staging").iterdir()
-    )
+    assert len(published(cache_dir)) == 2
+    assert not (cache_dir / ".staging").exists() or not list((cache_dir / ".staging").iterdir())
 
 
-def test_a_build_survives_another_keys_tidy_up_of_the_staging_parent(tmp_path: Path) -> None:
+def test_a_build_survives_another_keys_tidy_up_of_the_staging_parent(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     """The window between creating ``.staging`` and ``.staging/<key>``, held open.
 
     B pauses after creating ``.staging`` (its first mkdir of its own directory failed for
@@ -102,7 +104,7 @@ def test_a_build_survives_another_keys_tidy_up_of_the_staging_parent(tmp_path: P
     wait_for(paused)
     a = run_build(child_spec(tmp_path, "a"))
     assert a.get("error") is None
-    assert not (tmp_path / "cache" / ".staging").exists(), "A did not tidy up; no race here"
+    assert not (cache_dir / ".staging").exists(), "A did not tidy up; no race here"
     resume.touch()
     assert b.wait() == 0
     result = b.result()
@@ -121,14 +123,14 @@ def _holder(tmp_path: Path, progress: tuple[int, int]) -> tuple[object, Path]:
 
 
 def test_lock_timeout_says_who_holds_the_lock(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, decode_log: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     holder, release = _holder(tmp_path, (5, N_ITEMS))
     caplog.set_level(logging.WARNING, logger="shardcache")
-    loader = SlowLoader(tmp_path / "decodes.log", tag="waiter")
+    loader = SlowLoader(decode_log, tag="waiter")
     try:
         with pytest.raises(LockTimeoutError) as caught:
-            ensure_cache(tmp_path / "cache", "train", make_items(), loader, lock_timeout=1.0)
+            ensure_cache(cache_dir, "train", make_items(), loader, lock_timeout=1.0)
     finally:
         release.touch()
         assert holder.wait() == 0
@@ -145,27 +147,27 @@ def test_lock_timeout_says_who_holds_the_lock(
     assert waits, "no WARNING line while waiting"
     assert f"pid {holder.pid} on host {socket.gethostname()}" in waits[0].message
     assert re.search(r"building train-[0-9a-f]{24}", waits[0].message)
-    assert decode_count(tmp_path / "decodes.log") == 0
+    assert decode_count(decode_log) == 0
     # Released: the same call builds.
-    dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, lock_timeout=1.0)
+    dataset = ensure_cache(cache_dir, "train", make_items(), loader, lock_timeout=1.0)
     assert len(dataset) == N_ITEMS
 
 
 @pytest.mark.slow
 def test_a_waiter_logs_the_builders_progress_then_opens_its_cache(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, decode_log: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ready = tmp_path / "ready"
     builder = fork_child(child_build, child_spec(tmp_path, "builder", delay=0.05, ready=str(ready)))
     wait_for(ready)
-    wait_for(tmp_path / "decodes.log")  # it holds the lock and decodes
+    wait_for(decode_log)  # it holds the lock and decodes
     caplog.set_level(logging.WARNING, logger="shardcache")
-    loader = SlowLoader(tmp_path / "decodes.log", tag="waiter")
-    dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, lock_timeout=60)
+    loader = SlowLoader(decode_log, tag="waiter")
+    dataset = ensure_cache(cache_dir, "train", make_items(), loader, lock_timeout=60)
     assert len(dataset) == N_ITEMS
     assert builder.wait() == 0
-    assert decode_count(tmp_path / "decodes.log", "waiter") == 0
-    assert decode_count(tmp_path / "decodes.log", "builder") == N_ITEMS
+    assert decode_count(decode_log, "waiter") == 0
+    assert decode_count(decode_log, "builder") == N_ITEMS
     waits = [r.message for r in caplog.records if "waiting for pid" in r.message]
     assert waits
     assert waits[0].startswith(f"waiting for pid {builder.pid} on host ")

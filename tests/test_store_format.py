@@ -71,8 +71,8 @@ GOLDEN_DATA = bytes.fromhex("0000c03f000000c0" + "01020304" + "0100")
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> CacheDataset:
-    return ensure_cache(tmp_path / "cache", "train", ITEMS, GoldenLoader())
+def cache(cache_dir: Path) -> CacheDataset:
+    return ensure_cache(cache_dir, "train", ITEMS, GoldenLoader())
 
 
 def test_the_cache_directory_holds_exactly_the_format_files(cache: CacheDataset) -> None:
@@ -139,7 +139,7 @@ def test_the_manifest_schema_is_pinned(cache: CacheDataset) -> None:
     assert FORMAT_VERSION == 1
 
 
-def test_a_loader_without_fingerprint_records_class_source_and_attributes(tmp_path: Path) -> None:
+def test_a_loader_without_fingerprint_records_class_source_and_attributes(cache_dir: Path) -> None:
     class Plain(GoldenLoader):
         fingerprint = None  # type: ignore[assignment]
 
@@ -147,7 +147,7 @@ def test_a_loader_without_fingerprint_records_class_source_and_attributes(tmp_pa
             self.size = 2
             self._private = object()
 
-    dataset = ensure_cache(tmp_path / "cache", "train", ITEMS, Plain())
+    dataset = ensure_cache(cache_dir, "train", ITEMS, Plain())
     loader = json.loads((dataset.path / "manifest.json").read_text())["key_inputs"]["loader"]
 
     assert sorted(loader) == ["attributes", "class", "source_sha256"]

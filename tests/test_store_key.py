@@ -228,12 +228,10 @@ def test_a_fingerprint_that_is_not_a_string_is_refused() -> None:
 # ---- unhashable splits and loaders ----------------------------------------------------------
 
 
-def test_an_unhashable_item_names_the_subset_index_and_fix(tmp_path: Path) -> None:
+def test_an_unhashable_item_names_the_subset_index_and_fix(tmp_path: Path, cache_dir: Path) -> None:
     log = tmp_path / "log"
     split = {"train": [["a.png", 0], ["b.png", 1], object()]}
-    datamodule = CachingDataModule(
-        split, SeededLoader(log), cache="disk", cache_dir=tmp_path / "cache"
-    )
+    datamodule = CachingDataModule(split, SeededLoader(log), cache="disk", cache_dir=cache_dir)
 
     with pytest.raises(SplitError) as raised:
         datamodule.prepare_data()
@@ -261,12 +259,14 @@ def test_other_non_json_items_are_split_errors(item: Any, shown: str) -> None:
     assert shown in str(raised.value)
 
 
-def test_a_lambda_attribute_names_the_attribute_and_suggests_fingerprint(tmp_path: Path) -> None:
+def test_a_lambda_attribute_names_the_attribute_and_suggests_fingerprint(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     log = tmp_path / "log"
     loader = SeededLoader(log)
     loader.augment = lambda x: x  # type: ignore[attr-defined]
     datamodule = CachingDataModule(
-        {"train": make_items(2)}, loader, cache="disk", cache_dir=tmp_path / "cache"
+        {"train": make_items(2)}, loader, cache="disk", cache_dir=cache_dir
     )
 
     with pytest.raises(FingerprintError) as raised:

@@ -71,9 +71,9 @@ def recorded_checksums(dataset: CacheDataset) -> dict[str, str]:
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> CacheDataset:
-    loader = SeededLoader(tmp_path / "decodes.log", side=SIDE)
-    return ensure_cache(tmp_path / "cache", "train", make_items(8), loader)
+def cache(decode_log: Path, cache_dir: Path) -> CacheDataset:
+    loader = SeededLoader(decode_log, side=SIDE)
+    return ensure_cache(cache_dir, "train", make_items(8), loader)
 
 
 def expected_samples(tmp_path: Path, count: int = 8) -> list[Any]:
@@ -84,8 +84,10 @@ def expected_samples(tmp_path: Path, count: int = 8) -> list[Any]:
 # ---- zero-copy ----------------------------------------------------------------------------
 
 
-def test_samples_and_metadata_tensors_are_views_into_a_private_mapping(tmp_path: Path) -> None:
-    dataset = ensure_cache(tmp_path / "cache", "train", rich_items(6), RichLoader(tmp_path / "l"))
+def test_samples_and_metadata_tensors_are_views_into_a_private_mapping(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    dataset = ensure_cache(cache_dir, "train", rich_items(6), RichLoader(tmp_path / "l"))
     (shard,) = shard_paths(dataset)
     tensor, metadata = dataset[3]
     again, _ = dataset[3]
@@ -153,14 +155,16 @@ def test_an_in_place_write_to_a_view_reaches_neither_the_file_nor_another_proces
     assert tensor_bytes(CacheDataset(cache.path)[0][0]) == original
 
 
-def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(tmp_path: Path) -> None:
+def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
     datamodule = CachingDataModule(
         {"train": make_items(8)},
-        SeededLoader(tmp_path / "decodes.log", side=SIDE),
+        SeededLoader(decode_log, side=SIDE),
         model_transforms=[zero_in_place_keep_input],
         batch_size=4,
         cache="disk",
-        cache_dir=tmp_path / "cache",
+        cache_dir=cache_dir,
     )
     datamodule.setup("fit")
     loader = datamodule.unshuffled_train_dataloader()
@@ -177,15 +181,17 @@ def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(tmp_path: P
 @pytest.mark.slow
 def test_in_place_writes_in_workers_leave_the_cache_and_the_parent_untouched(
     tmp_path: Path,
+    decode_log: Path,
+    cache_dir: Path,
 ) -> None:
     datamodule = CachingDataModule(
         {"train": make_items(8)},
-        SeededLoader(tmp_path / "decodes.log", side=SIDE),
+        SeededLoader(decode_log, side=SIDE),
         model_transforms=[zero_in_place_keep_input],
         batch_size=4,
         parallel=2,
         cache="disk",
-        cache_dir=tmp_path / "cache",
+        cache_dir=cache_dir,
     )
     datamodule.setup("fit")
     loader = datamodule.unshuffled_train_dataloader()
