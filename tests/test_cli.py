@@ -149,6 +149,16 @@ def size_of(path: Path) -> int:
     return sum(file.stat().st_size for file in path.iterdir() if file.is_file())
 
 
+def add_staging(root: Path) -> tuple[Path, Path]:
+    """Two staging directories: ``a...`` (100 bytes) that no one builds, ``b...`` (empty)."""
+    stale = root / ".staging" / ("a" * 64)
+    stale.mkdir(parents=True)
+    (stale / "partial").write_bytes(b"x" * 100)
+    building = root / ".staging" / ("b" * 64)
+    building.mkdir()
+    return stale, building
+
+
 def shard(path: Path, position: int) -> Path:
     return sorted(path.glob("shard-*.safetensors"))[position]
 
@@ -323,11 +333,7 @@ def test_list_states(
     capsys: pytest.CaptureFixture[str], caches: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     root, train, validation = caches
-    stale = root / ".staging" / ("a" * 64)
-    stale.mkdir(parents=True)
-    (stale / "partial").write_bytes(b"x" * 100)
-    building = root / ".staging" / ("b" * 64)
-    building.mkdir()
+    add_staging(root)
     shard(validation, 1).unlink()
     dataset = CacheDataset(train)  # a live reader: this process holds the lease
     with BuildLock(CacheRoot(root).lock("b" * 64), "test-" + "b" * 24, timeout=1) as lock:
@@ -575,11 +581,7 @@ def test_clear_all_skips_a_build_in_progress_and_removes_stale_staging(
     capsys: pytest.CaptureFixture[str], caches: tuple[Path, Path, Path]
 ) -> None:
     root, train, validation = caches
-    stale = root / ".staging" / ("a" * 64)
-    stale.mkdir(parents=True)
-    (stale / "partial").write_bytes(b"x" * 100)
-    building = root / ".staging" / ("b" * 64)
-    building.mkdir()
+    stale, building = add_staging(root)
     leftover = root / ".trash" / "old-cache.1234"
     leftover.mkdir(parents=True)
     (leftover / "shard").write_bytes(b"y" * 50)

@@ -533,17 +533,17 @@ BAD_KINDS = {
 }
 
 
+def bad_third_sample(cache_dir: Path, log: Path, kind: str, **options: Any) -> CachingDataModule:
+    """Four train items, batches of one, ``train[2]`` an unusable sample of ``kind``."""
+    loader = BadValueLoader(log, kind, bad=[2])
+    return datamodule(cache_dir, make_split({"train": 4}), loader, "none", batch_size=1, **options)
+
+
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_sample_names_subset_index_and_item(
     cache_dir: Path, decode_log: Path, kind: str
 ) -> None:
-    dm = datamodule(
-        cache_dir,
-        make_split({"train": 4}),
-        BadValueLoader(decode_log, kind, bad=[2]),
-        "none",
-        batch_size=1,
-    )
+    dm = bad_third_sample(cache_dir, decode_log, kind)
     dm.setup("fit")
     with pytest.raises(SampleError) as caught:
         list(dm.unshuffled_train_dataloader())
@@ -558,14 +558,7 @@ def test_bad_sample_names_subset_index_and_item(
 def test_bad_sample_in_a_worker_keeps_its_type(
     cache_dir: Path, decode_log: Path, kind: str
 ) -> None:
-    dm = datamodule(
-        cache_dir,
-        make_split({"train": 4}),
-        BadValueLoader(decode_log, kind, bad=[2]),
-        "none",
-        batch_size=1,
-        parallel=2,
-    )
+    dm = bad_third_sample(cache_dir, decode_log, kind, parallel=2)
     dm.setup("fit")
     error = raised_by(dm.unshuffled_train_dataloader())
     # torch rebuilds the worker's exception in this process as type(error)(message).

@@ -155,17 +155,23 @@ def test_an_in_place_write_to_a_view_reaches_neither_the_file_nor_another_proces
     assert tensor_bytes(CacheDataset(cache.path)[0][0]) == original
 
 
-def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(
-    tmp_path: Path, decode_log: Path, cache_dir: Path
-) -> None:
-    datamodule = CachingDataModule(
+def zeroing_datamodule(log: Path, cache_dir: Path, **options: Any) -> CachingDataModule:
+    """The disk tier with a model transform that zeroes each served tensor in place."""
+    return CachingDataModule(
         {"train": make_items(8)},
-        SeededLoader(decode_log, side=SIDE),
+        SeededLoader(log, side=SIDE),
         model_transforms=[zero_in_place_keep_input],
         batch_size=4,
         cache="disk",
         cache_dir=cache_dir,
+        **options,
     )
+
+
+def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
+    datamodule = zeroing_datamodule(decode_log, cache_dir)
     datamodule.setup("fit")
     loader = datamodule.unshuffled_train_dataloader()
     dataset = loader.dataset.dataset  # under the TransformedDataset
@@ -184,15 +190,7 @@ def test_in_place_writes_in_workers_leave_the_cache_and_the_parent_untouched(
     decode_log: Path,
     cache_dir: Path,
 ) -> None:
-    datamodule = CachingDataModule(
-        {"train": make_items(8)},
-        SeededLoader(decode_log, side=SIDE),
-        model_transforms=[zero_in_place_keep_input],
-        batch_size=4,
-        parallel=2,
-        cache="disk",
-        cache_dir=cache_dir,
-    )
+    datamodule = zeroing_datamodule(decode_log, cache_dir, parallel=2)
     datamodule.setup("fit")
     loader = datamodule.unshuffled_train_dataloader()
     dataset = loader.dataset.dataset
