@@ -8,29 +8,30 @@ import pty
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from _cli_helpers import (
-    DEADLINE,
-    build,
-    expected_digest,
-    finish_reader,
-    start_reader,
-)
 from shardcache.cli import main, parse_duration, parse_size
 from shardcache.core.units import format_size
-from shardcache.store import CacheDataset, CacheRoot
+from shardcache.store import CacheDataset, CacheRoot, ensure_cache
 from shardcache.store.format import Manifest
 from shardcache.store.header import file_digest
 from shardcache.store.layout import LAST_USED_NAME
 from shardcache.store.locking import BuildLock, Lease, lease_held
+from shardcache.tiers.none import RawDataset
+from support.loaders import TinyLoader
+from support.processes import DEADLINE, subprocess_env, wait_for
+from support.samples import dataset_digest
 
 BIN = Path(sys.executable).parent
 TRAIN = range(40)  # 5 shards of 8 samples
 VALIDATION = range(100, 110)  # 2 shards
+
+SHARD_BYTES = 2048
+"""With 64 float32 per sample (256 bytes): 8 samples per shard."""
 
 ENTRY_KEYS = {
     "name",
@@ -46,6 +47,60 @@ ENTRY_KEYS = {
     "problem",
     "owner",
 }
+
+
+def build(cache_dir: Path, subset: str, items: Sequence[int]) -> Path:
+    """Build (or open) the cache of ``items`` and close it again; its directory."""
+    dataset = ensure_cache(cache_dir, subset, list(items), TinyLoader(), shard_bytes=SHARD_BYTES)
+    dataset.close()
+    return dataset.path
+
+
+def expected_digest(items: Sequence[int]) -> str:
+    """The `dataset_digest` a correct cache of ``items`` gives."""
+    return dataset_digest(RawDataset("expected", list(items), TinyLoader()))
+
+
+READER = """
+import sys
+from pathlib import Path
+
+from shardcache.store import CacheDataset
+from support.processes import wait_for
+from support.samples import dataset_digest
+
+cache, ready, go, result = sys.argv[1:5]
+dataset = CacheDataset(cache)
+dataset[0]  # maps every shard
+Path(ready).touch()
+wait_for(Path(go))
+Path(result).write_text(dataset_digest(dataset))
+"""
+
+
+def start_reader(cache: Path, workdir: Path, **env: str) -> subprocess.Popen[bytes]:
+    """Start a process that reads ``cache``; return once it has read one sample.
+
+    It creates ``workdir/ready``, waits for ``workdir/go``, then reads every sample and
+    writes their digest to ``workdir/result``.
+    """
+    paths = [str(workdir / name) for name in ("ready", "go", "result")]
+    process = subprocess.Popen(
+        [sys.executable, "-c", READER, str(cache), *paths],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(**env),
+    )
+    wait_for(workdir / "ready", process)
+    return process
+
+
+def finish_reader(process: subprocess.Popen[bytes], workdir: Path) -> str:
+    """Let the reader read everything; the digest it computed."""
+    (workdir / "go").touch()
+    _, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 0, err.decode()
+    return (workdir / "result").read_text()
 
 
 @pytest.fixture(autouse=True)
@@ -67,10 +122,9 @@ def utc(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def caches(tmp_path: Path) -> tuple[Path, Path, Path]:
+def caches(cache_dir: Path) -> tuple[Path, Path, Path]:
     """A cache directory with a train (40 samples) and a validation (10) cache."""
-    root = tmp_path / "cache"
-    return root, build(root, "train", TRAIN), build(root, "validation", VALIDATION)
+    return cache_dir, build(cache_dir, "train", TRAIN), build(cache_dir, "validation", VALIDATION)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
@@ -93,6 +147,16 @@ def set_last_used(path: Path, moment: datetime) -> None:
 
 def size_of(path: Path) -> int:
     return sum(file.stat().st_size for file in path.iterdir() if file.is_file())
+
+
+def add_staging(root: Path) -> tuple[Path, Path]:
+    """Two staging directories: ``a...`` (100 bytes) that no one builds, ``b...`` (empty)."""
+    stale = root / ".staging" / ("a" * 64)
+    stale.mkdir(parents=True)
+    (stale / "partial").write_bytes(b"x" * 100)
+    building = root / ".staging" / ("b" * 64)
+    building.mkdir()
+    return stale, building
 
 
 def shard(path: Path, position: int) -> Path:
@@ -269,11 +333,7 @@ def test_list_states(
     capsys: pytest.CaptureFixture[str], caches: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     root, train, validation = caches
-    stale = root / ".staging" / ("a" * 64)
-    stale.mkdir(parents=True)
-    (stale / "partial").write_bytes(b"x" * 100)
-    building = root / ".staging" / ("b" * 64)
-    building.mkdir()
+    add_staging(root)
     shard(validation, 1).unlink()
     dataset = CacheDataset(train)  # a live reader: this process holds the lease
     with BuildLock(CacheRoot(root).lock("b" * 64), "test-" + "b" * 24, timeout=1) as lock:
@@ -338,7 +398,7 @@ def test_info(
         "format_version": "2",
         "items_sha256": manifest.key_inputs["items_sha256"],
         "loader.attributes.width": "64",
-        "loader.class": "_cli_helpers.TinyLoader",
+        "loader.class": "support.loaders.TinyLoader",
         "loader.source_sha256": manifest.key_inputs["loader"]["source_sha256"],
         "num_items": "40",
     }
@@ -525,11 +585,7 @@ def test_clear_all_skips_a_build_in_progress_and_removes_stale_staging(
     capsys: pytest.CaptureFixture[str], caches: tuple[Path, Path, Path]
 ) -> None:
     root, train, validation = caches
-    stale = root / ".staging" / ("a" * 64)
-    stale.mkdir(parents=True)
-    (stale / "partial").write_bytes(b"x" * 100)
-    building = root / ".staging" / ("b" * 64)
-    building.mkdir()
+    stale, building = add_staging(root)
     leftover = root / ".trash" / "old-cache.1234"
     leftover.mkdir(parents=True)
     (leftover / "shard").write_bytes(b"y" * 50)
@@ -594,7 +650,7 @@ def test_clear_while_another_process_reads_the_cache(
 ) -> None:
     root, train, _ = caches
     size = format_size(size_of(train))
-    reader = start_reader(train, tmp_path, {**os.environ, "SHARDCACHE_MMAP": mmap})
+    reader = start_reader(train, tmp_path, SHARDCACHE_MMAP=mmap)
     try:
         code, out, _ = run(capsys, "clear", train.name, "--yes", "--cache-dir", str(root))
         assert not train.exists()
@@ -617,15 +673,14 @@ def test_clear_while_another_process_reads_the_cache(
 
 
 @pytest.fixture
-def aged(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+def aged(cache_dir: Path) -> tuple[Path, dict[str, Path]]:
     """Three caches whose names do not sort in the order of their use."""
-    root = tmp_path / "cache"
     paths = {
-        "zeta": build(root, "zeta", range(10, 18)),  # used 3 days ago
-        "alpha": build(root, "alpha", range(20, 28)),  # 2 days ago
-        "mid": build(root, "mid", range(30, 38)),  # an hour ago
+        "zeta": build(cache_dir, "zeta", range(10, 18)),  # used 3 days ago
+        "alpha": build(cache_dir, "alpha", range(20, 28)),  # 2 days ago
+        "mid": build(cache_dir, "mid", range(30, 38)),  # an hour ago
     }
-    return root, paths
+    return cache_dir, paths
 
 
 def age(paths: dict[str, Path]) -> dict[str, datetime]:
@@ -708,9 +763,9 @@ def test_prune_max_size_lru_first_and_skips_a_cache_in_use(
 
 @pytest.mark.slow
 def test_prune_never_removes_a_cache_another_process_has_open(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, utc: None
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cache_dir: Path, utc: None
 ) -> None:
-    root = tmp_path / "cache"
+    root = cache_dir
     old, new = build(root, "old", range(8)), build(root, "new", range(100, 108))
     sizes = {path: format_size(size_of(path)) for path in (old, new)}
     reader = start_reader(old, tmp_path)

@@ -13,17 +13,6 @@ import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from _foundation_helpers import (
-    BadLoader,
-    CountingLoader,
-    TextLabelLoader,
-    TinyModel,
-    add_one,
-    decode_counts,
-    decoded,
-    make_split,
-    raised_by,
-)
 from shardcache import (
     BadSamplesError,
     CachingDataModule,
@@ -31,24 +20,44 @@ from shardcache import (
     SampleError,
     SplitError,
 )
+from support.builds import published
+from support.decodes import decode_count, decoded_items
+from support.loaders import BadValueLoader, TextLabelLoader, ValueLoader, add_one
+from support.processes import raised_by
 
 TIERS = ["none", "memory", "disk"]
 FULL = {"train": 6, "validation": 4, "monitor-train": 6, "test": 3}
 
 
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "decodes.log"
+SUBSET_OFFSETS = {"train": 0, "validation": 100, "monitor-train": 200, "test": 300}
+"""Each subset's items carry distinct values, so a decode log says which subset it read."""
+
+
+def make_split(
+    sizes: dict[str, int], labels: dict[str, list[int]] | None = None
+) -> dict[str, list[list[Any]]]:
+    """Items ``[name, label, value]``; the sample of an item is filled with ``value``."""
+    split: dict[str, list[list[Any]]] = {}
+    for subset, size in sizes.items():
+        offset = SUBSET_OFFSETS.get(subset, 400)
+        chosen = (labels or {}).get(subset, [i % 2 for i in range(size)])
+        split[subset] = [[f"{subset}/{i}", chosen[i], offset + i] for i in range(size)]
+    return split
+
+
+def decodes_by_value(log: Path) -> Counter[int]:
+    """How many times each item (by value) was decoded, in every process."""
+    return Counter(item[2] for item in decoded_items(log))
 
 
 def datamodule(
-    tmp_path: Path,
+    cache_dir: Path,
     split: dict[str, list[Any]],
     loader: Any,
     tier: str,
     **options: Any,
 ) -> CachingDataModule:
-    return CachingDataModule(split, loader, cache=tier, cache_dir=tmp_path / "cache", **options)
+    return CachingDataModule(split, loader, cache=tier, cache_dir=cache_dir, **options)
 
 
 def values(batches: Any) -> list[int]:
@@ -65,11 +74,45 @@ def batch_sizes(loader: Any) -> list[int]:
     return [len(tensor) for tensor, _ in loader]
 
 
-def published(cache_dir: Path) -> list[str]:
-    """Subset names of the published caches (``<subset>-<key>``) in ``cache_dir``."""
-    if not cache_dir.exists():
-        return []
-    return sorted(p.name.rsplit("-", 1)[0] for p in cache_dir.iterdir() if p.name[0] != ".")
+def published_subsets(cache_dir: Path) -> list[str]:
+    """Subset names of what is published (``<subset>-<key>``) in ``cache_dir``."""
+    return sorted(path.name.rsplit("-", 1)[0] for path in published(cache_dir))
+
+
+class TinyModel(lightning.LightningModule):
+    """Counts batches and records the sample values each loader served."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.train_values: list[list[int]] = []  # one list per epoch
+        self.val_batches: Counter[int] = Counter()
+        self.val_values: dict[int, list[int]] = {}
+        self.test_batches: Counter[int] = Counter()
+
+    def on_train_epoch_start(self) -> None:
+        self.train_values.append([])
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        tensor, metadata = batch
+        values = metadata["value"].tolist()
+        # The sample is filled with its value: check the data, not just the count.
+        assert tensor.flatten(1).tolist() == [[float(v)] * 4 for v in values]
+        self.train_values[-1].extend(values)
+        loss: torch.Tensor = self.layer(tensor.flatten(1)).square().mean()
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        tensor, metadata = batch
+        self.val_batches[dataloader_idx] += 1
+        self.val_values.setdefault(dataloader_idx, []).extend(metadata["value"].tolist())
+        assert tensor.flatten(1)[:, 0].tolist() == [float(v) for v in metadata["value"]]
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.test_batches[dataloader_idx] += 1
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 # ---- a real Trainer -------------------------------------------------------------------------
@@ -81,10 +124,12 @@ def published(cache_dir: Path) -> list[str]:
     ("tier", "parallel"), [*[(tier, -1) for tier in TIERS], ("memory", 2), ("disk", 2)]
 )
 def test_trainer_fits_and_tests_with_every_tier(
-    tmp_path: Path, log: Path, tier: str, parallel: int
+    cache_dir: Path, decode_log: Path, tier: str, parallel: int
 ) -> None:
     split = make_split(FULL)
-    dm = datamodule(tmp_path, split, CountingLoader(log), tier, batch_size=2, parallel=parallel)
+    dm = datamodule(
+        cache_dir, split, ValueLoader(decode_log), tier, batch_size=2, parallel=parallel
+    )
     model = TinyModel()
     trainer = lightning.Trainer(
         accelerator="cpu",
@@ -104,7 +149,7 @@ def test_trainer_fits_and_tests_with_every_tier(
     assert model.val_batches == {0: 2 * 2, 1: 2 * 3}
     assert model.val_values == {0: [100, 101, 102, 103] * 2, 1: list(range(200, 206)) * 2}
     assert model.test_batches == {0: 2}
-    counts = decode_counts(log)
+    counts = decodes_by_value(decode_log)
     if tier == "none":
         # Every access decodes: two epochs of train, validation and monitor, one of test.
         expected = {
@@ -121,9 +166,9 @@ def test_trainer_fits_and_tests_with_every_tier(
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_prepare_data_sets_no_state(tmp_path: Path, log: Path, tier: str) -> None:
+def test_prepare_data_sets_no_state(cache_dir: Path, decode_log: Path, tier: str) -> None:
     split = make_split(FULL)
-    dm = datamodule(tmp_path, split, CountingLoader(log), tier)
+    dm = datamodule(cache_dir, split, ValueLoader(decode_log), tier)
     before = {name: (value, repr(value)) for name, value in vars(dm).items()}
     dm.prepare_data()
     after = {name: (value, repr(value)) for name, value in vars(dm).items()}
@@ -133,26 +178,26 @@ def test_prepare_data_sets_no_state(tmp_path: Path, log: Path, tier: str) -> Non
     ] == []
     if tier == "disk":
         # Only the caches on disk change: one per subset, every item decoded once.
-        assert published(tmp_path / "cache") == sorted(split)
-        assert sorted(decode_counts(log).values()) == [1] * sum(FULL.values())
+        assert published_subsets(cache_dir) == sorted(split)
+        assert sorted(decodes_by_value(decode_log).values()) == [1] * sum(FULL.values())
     else:
-        assert decoded(log) == []
-        assert published(tmp_path / "cache") == []
+        assert decoded_items(decode_log) == []
+        assert published_subsets(cache_dir) == []
 
 
 @pytest.mark.parametrize("tier", ["memory", "disk"])
 def test_setup_fit_opens_only_train_validation_and_monitors(
-    tmp_path: Path, log: Path, tier: str
+    cache_dir: Path, decode_log: Path, tier: str
 ) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), CountingLoader(log), tier)
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), tier)
     dm.setup("fit")
-    assert {name.rsplit("/", 1)[0] for name, *_ in decoded(log)} == {
+    assert {name.rsplit("/", 1)[0] for name, *_ in decoded_items(decode_log)} == {
         "train",
         "validation",
         "monitor-train",
     }
     if tier == "disk":
-        assert published(tmp_path / "cache") == ["monitor-train", "train", "validation"]
+        assert published_subsets(cache_dir) == ["monitor-train", "train", "validation"]
     assert set(dm.val_dataloader()) == {"validation", "monitor-train"}
     with pytest.raises(ConfigurationError, match=r"subset 'test' is not set up"):
         dm.test_dataloader()
@@ -163,18 +208,18 @@ def test_setup_fit_opens_only_train_validation_and_monitors(
     [("validate", {"validation", "monitor-train"}), ("test", {"test"}), ("predict", {"test"})],
 )
 def test_setup_opens_what_the_stage_needs(
-    tmp_path: Path, log: Path, stage: str, opened: set[str]
+    cache_dir: Path, decode_log: Path, stage: str, opened: set[str]
 ) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), CountingLoader(log), "memory")
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), "memory")
     dm.setup(stage)
-    assert {name.rsplit("/", 1)[0] for name, *_ in decoded(log)} == opened
+    assert {name.rsplit("/", 1)[0] for name, *_ in decoded_items(decode_log)} == opened
     with pytest.raises(ConfigurationError, match=r"subset 'train' is not set up"):
         dm.train_dataloader()
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_teardown_releases_the_stage_datasets(tmp_path: Path, log: Path, tier: str) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), CountingLoader(log), tier, batch_size=3)
+def test_teardown_releases_the_stage_datasets(cache_dir: Path, decode_log: Path, tier: str) -> None:
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), tier, batch_size=3)
     dm.setup("fit")
     dm.setup("test")
     dm.teardown("fit")
@@ -188,28 +233,30 @@ def test_teardown_releases_the_stage_datasets(tmp_path: Path, log: Path, tier: s
         dm.test_dataloader()
 
 
-def test_unknown_stage_is_a_configuration_error(tmp_path: Path, log: Path) -> None:
-    dm = datamodule(tmp_path, make_split(FULL), CountingLoader(log), "none")
+def test_unknown_stage_is_a_configuration_error(cache_dir: Path, decode_log: Path) -> None:
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), "none")
     with pytest.raises(ConfigurationError, match=r"stage 'train' is not one of fit, validate"):
         dm.setup("train")
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_missing_subset_is_a_split_error(tmp_path: Path, log: Path, tier: str) -> None:
-    dm = datamodule(tmp_path, make_split({"train": 2, "validation": 2}), CountingLoader(log), tier)
+def test_missing_subset_is_a_split_error(cache_dir: Path, decode_log: Path, tier: str) -> None:
+    dm = datamodule(
+        cache_dir, make_split({"train": 2, "validation": 2}), ValueLoader(decode_log), tier
+    )
     with pytest.raises(
         SplitError, match=r"setup\('test'\) needs subset 'test'; database_split has 'train', "
     ):
         dm.setup("test")
-    no_train = datamodule(tmp_path, make_split({"validation": 2}), CountingLoader(log), tier)
+    no_train = datamodule(cache_dir, make_split({"validation": 2}), ValueLoader(decode_log), tier)
     with pytest.raises(SplitError, match=r"setup\('fit'\) needs subset 'train'"):
         no_train.setup("fit")
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_empty_subset_is_a_split_error(tmp_path: Path, log: Path, tier: str) -> None:
+def test_empty_subset_is_a_split_error(cache_dir: Path, decode_log: Path, tier: str) -> None:
     split = make_split({"train": 3, "validation": 0})
-    dm = datamodule(tmp_path, split, CountingLoader(log), tier)
+    dm = datamodule(cache_dir, split, ValueLoader(decode_log), tier)
     with pytest.raises(SplitError, match=r"subset 'validation' of database_split is empty"):
         dm.setup("fit")
 
@@ -217,24 +264,24 @@ def test_empty_subset_is_a_split_error(tmp_path: Path, log: Path, tier: str) -> 
 # ---- cache tiers and their decodes ----------------------------------------------------------
 
 
-def test_cache_samples_means_memory_and_cache_wins(tmp_path: Path, log: Path) -> None:
+def test_cache_samples_means_memory_and_cache_wins(tmp_path: Path, decode_log: Path) -> None:
     split = make_split({"train": 3})
-    memory = CachingDataModule(split, CountingLoader(log), True)  # mednet's positional flag
+    memory = CachingDataModule(split, ValueLoader(decode_log), True)  # mednet's positional flag
     assert memory.cache == "memory"
     memory.setup("fit")
-    assert len(decoded(log)) == 3  # loaded into RAM at setup
-    none = CachingDataModule(split, CountingLoader(log), cache_samples=True, cache="none")
+    assert decode_count(decode_log) == 3  # loaded into RAM at setup
+    none = CachingDataModule(split, ValueLoader(decode_log), cache_samples=True, cache="none")
     assert none.cache == "none"
     none.setup("fit")
-    assert len(decoded(log)) == 3  # the none tier decodes nothing at setup
-    disk = CachingDataModule(split, CountingLoader(log), True, cache="disk", cache_dir=tmp_path)
+    assert decode_count(decode_log) == 3  # the none tier decodes nothing at setup
+    disk = CachingDataModule(split, ValueLoader(decode_log), True, cache="disk", cache_dir=tmp_path)
     assert disk.cache == "disk"
-    assert CachingDataModule(split, CountingLoader(log)).cache == "none"
+    assert CachingDataModule(split, ValueLoader(decode_log)).cache == "none"
 
 
-def test_unknown_tier_lists_the_valid_ones(tmp_path: Path, log: Path) -> None:
+def test_unknown_tier_lists_the_valid_ones(decode_log: Path) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        CachingDataModule(make_split({"train": 1}), CountingLoader(log), cache="ram")  # type: ignore[arg-type]
+        CachingDataModule(make_split({"train": 1}), ValueLoader(decode_log), cache="ram")  # type: ignore[arg-type]
     assert (
         str(caught.value) == "cache='ram' is not a cache tier; valid tiers are none, memory, disk"
     )
@@ -243,29 +290,37 @@ def test_unknown_tier_lists_the_valid_ones(tmp_path: Path, log: Path) -> None:
 @pytest.mark.parametrize(
     "parallel", [-1, pytest.param(2, marks=pytest.mark.slow)], ids=["in-process", "workers"]
 )
-def test_memory_tier_decodes_each_item_once(tmp_path: Path, log: Path, parallel: int) -> None:
+def test_memory_tier_decodes_each_item_once(
+    cache_dir: Path, decode_log: Path, parallel: int
+) -> None:
     split = make_split({"train": 6, "validation": 3, "test": 2})
-    dm = datamodule(tmp_path, split, CountingLoader(log), "memory", batch_size=2, parallel=parallel)
+    dm = datamodule(
+        cache_dir, split, ValueLoader(decode_log), "memory", batch_size=2, parallel=parallel
+    )
     dm.setup("fit")
     for _ in range(3):
         assert sorted(values(dm.train_dataloader())) == list(range(6))
         assert values(dm.val_dataloader()["validation"]) == [100, 101, 102]
     assert values(dm.unshuffled_train_dataloader()) == list(range(6))
-    assert decode_counts(log) == {v: 1 for *_, v in split["train"] + split["validation"]}
+    assert decodes_by_value(decode_log) == {v: 1 for *_, v in split["train"] + split["validation"]}
 
 
 @pytest.mark.parametrize(
     "parallel", [-1, pytest.param(2, marks=pytest.mark.slow)], ids=["in-process", "workers"]
 )
-def test_none_tier_decodes_on_every_access(tmp_path: Path, log: Path, parallel: int) -> None:
+def test_none_tier_decodes_on_every_access(
+    cache_dir: Path, decode_log: Path, parallel: int
+) -> None:
     split = make_split({"train": 4, "validation": 2})
-    dm = datamodule(tmp_path, split, CountingLoader(log), "none", batch_size=2, parallel=parallel)
+    dm = datamodule(
+        cache_dir, split, ValueLoader(decode_log), "none", batch_size=2, parallel=parallel
+    )
     dm.setup("fit")
-    assert decoded(log) == []
+    assert decoded_items(decode_log) == []
     train = dm.train_dataloader()
     for epoch in range(1, 3):
         assert sorted(values(train)) == [0, 1, 2, 3]
-        assert decode_counts(log) == {0: epoch, 1: epoch, 2: epoch, 3: epoch}
+        assert decodes_by_value(decode_log) == {0: epoch, 1: epoch, 2: epoch, 3: epoch}
     del train  # stops persistent workers
 
 
@@ -277,13 +332,13 @@ def test_none_tier_decodes_on_every_access(tmp_path: Path, log: Path, parallel: 
     ],
 )
 def test_in_place_transform_never_reaches_the_cache(
-    tmp_path: Path, log: Path, tier: str, parallel: int
+    cache_dir: Path, decode_log: Path, tier: str, parallel: int
 ) -> None:
     split = make_split({"train": 4, "validation": 2})
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         split,
-        CountingLoader(log),
+        ValueLoader(decode_log),
         tier,
         model_transforms=[add_one],
         batch_size=2,
@@ -306,11 +361,11 @@ def test_in_place_transform_never_reaches_the_cache(
 # ---- batches -------------------------------------------------------------------------------
 
 
-def test_batch_chunk_count_serves_chunks(tmp_path: Path, log: Path) -> None:
+def test_batch_chunk_count_serves_chunks(cache_dir: Path, decode_log: Path) -> None:
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         make_split({"train": 8, "validation": 4, "test": 2}),
-        CountingLoader(log),
+        ValueLoader(decode_log),
         "memory",
         batch_size=8,
         batch_chunk_count=4,
@@ -324,11 +379,13 @@ def test_batch_chunk_count_serves_chunks(tmp_path: Path, log: Path) -> None:
 
 
 @pytest.mark.parametrize(("batch_size", "chunks"), [(8, 3), (2, 4), (8, 0)])
-def test_batch_chunk_count_must_divide_batch_size(log: Path, batch_size: int, chunks: int) -> None:
+def test_batch_chunk_count_must_divide_batch_size(
+    decode_log: Path, batch_size: int, chunks: int
+) -> None:
     with pytest.raises(ConfigurationError) as caught:
         CachingDataModule(
             make_split({"train": 8}),
-            CountingLoader(log),
+            ValueLoader(decode_log),
             batch_size=batch_size,
             batch_chunk_count=chunks,
         )
@@ -339,27 +396,32 @@ def test_batch_chunk_count_must_divide_batch_size(log: Path, batch_size: int, ch
 
 
 @pytest.mark.parametrize("batch_size", [0, -2, 1.5, True])
-def test_batch_size_must_be_a_positive_int(log: Path, batch_size: Any) -> None:
+def test_batch_size_must_be_a_positive_int(decode_log: Path, batch_size: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"batch_size=.* must be a positive int"):
-        CachingDataModule(make_split({"train": 2}), CountingLoader(log), batch_size=batch_size)
+        CachingDataModule(make_split({"train": 2}), ValueLoader(decode_log), batch_size=batch_size)
 
 
 @pytest.mark.parametrize("drop", [True, False])
 def test_drop_incomplete_batch_drops_the_last_train_batch_only(
-    tmp_path: Path, log: Path, drop: bool
+    cache_dir: Path, decode_log: Path, drop: bool
 ) -> None:
     split = make_split({"train": 5, "validation": 5})
     dm = datamodule(
-        tmp_path, split, CountingLoader(log), "memory", batch_size=2, drop_incomplete_batch=drop
+        cache_dir,
+        split,
+        ValueLoader(decode_log),
+        "memory",
+        batch_size=2,
+        drop_incomplete_batch=drop,
     )
     dm.setup("fit")
     assert batch_sizes(dm.train_dataloader()) == ([2, 2] if drop else [2, 2, 1])
     assert batch_sizes(dm.unshuffled_train_dataloader()) == [2, 2, 1]
     assert batch_sizes(dm.val_dataloader()["validation"]) == [2, 2, 1]
     balanced = datamodule(
-        tmp_path,
+        cache_dir,
         split,
-        CountingLoader(log),
+        ValueLoader(decode_log),
         "none",
         balance_sampler_by_class=True,
         batch_size=2,
@@ -376,10 +438,15 @@ def test_drop_incomplete_batch_drops_the_last_train_batch_only(
     ("parallel", "workers"), [(-1, 0), (-5, 0), (0, len(os.sched_getaffinity(0))), (2, 2)]
 )
 def test_parallel_sets_loader_workers(
-    tmp_path: Path, log: Path, parallel: int, workers: int
+    cache_dir: Path, decode_log: Path, parallel: int, workers: int
 ) -> None:
     dm = datamodule(
-        tmp_path, make_split(FULL), CountingLoader(log), "none", parallel=parallel, batch_size=2
+        cache_dir,
+        make_split(FULL),
+        ValueLoader(decode_log),
+        "none",
+        parallel=parallel,
+        batch_size=2,
     )
     dm.setup("fit")
     dm.setup("test")
@@ -391,16 +458,18 @@ def test_parallel_sets_loader_workers(
 
 
 @pytest.mark.parametrize("parallel", ["2", 1.5, True, None])
-def test_parallel_must_be_an_int(log: Path, parallel: Any) -> None:
+def test_parallel_must_be_an_int(decode_log: Path, parallel: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"parallel=.*: expected an int"):
-        CachingDataModule(make_split({"train": 2}), CountingLoader(log), parallel=parallel)
+        CachingDataModule(make_split({"train": 2}), ValueLoader(decode_log), parallel=parallel)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tier", TIERS)
-def test_worker_processes_serve_the_right_samples(tmp_path: Path, log: Path, tier: str) -> None:
+def test_worker_processes_serve_the_right_samples(
+    cache_dir: Path, decode_log: Path, tier: str
+) -> None:
     split = make_split({"train": 7, "validation": 5, "monitor-train": 3})
-    dm = datamodule(tmp_path, split, CountingLoader(log), tier, batch_size=2, parallel=2)
+    dm = datamodule(cache_dir, split, ValueLoader(decode_log), tier, batch_size=2, parallel=2)
     dm.setup("fit")
     train = dm.train_dataloader()
     assert train.num_workers == 2
@@ -419,18 +488,18 @@ def test_worker_processes_serve_the_right_samples(tmp_path: Path, log: Path, tie
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_balanced_train_loader_weighs_labels_without_decoding(
-    tmp_path: Path, log: Path, tier: str
+    cache_dir: Path, decode_log: Path, tier: str
 ) -> None:
     labels = [0] * 9 + [1]
     split = make_split({"train": 10}, labels={"train": labels})
     dm = datamodule(
-        tmp_path, split, CountingLoader(log), tier, balance_sampler_by_class=True, batch_size=5
+        cache_dir, split, ValueLoader(decode_log), tier, balance_sampler_by_class=True, batch_size=5
     )
     dm.setup("fit")
-    decodes_at_setup = len(decoded(log))
+    decodes_at_setup = decode_count(decode_log)
     loader = dm.train_dataloader()
     # Building the sampler reads loader.label(item) (or labels kept at load): no decode.
-    assert len(decoded(log)) == decodes_at_setup == (0 if tier == "none" else 10)
+    assert decode_count(decode_log) == decodes_at_setup == (0 if tier == "none" else 10)
     sampler = loader.sampler
     assert isinstance(sampler, WeightedRandomSampler)
     assert sampler.replacement
@@ -440,19 +509,19 @@ def test_balanced_train_loader_weighs_labels_without_decoding(
     assert sum(batch_sizes(loader)) == 10  # as many draws as samples
 
 
-def test_balanced_sampling_needs_integer_labels(tmp_path: Path, log: Path) -> None:
+def test_balanced_sampling_needs_integer_labels(cache_dir: Path, decode_log: Path) -> None:
     # The samples' metadata carries integer labels; label(item) does not: it decides.
     dm = datamodule(
-        tmp_path,
+        cache_dir,
         make_split({"train": 4}),
-        TextLabelLoader(log),
+        TextLabelLoader(decode_log),
         "none",
         balance_sampler_by_class=True,
     )
     dm.setup("fit")
     with pytest.raises(ConfigurationError, match=r"needs integer labels: raw_data_loader.label"):
         dm.train_dataloader()
-    assert decoded(log) == []
+    assert decoded_items(decode_log) == []
 
 
 # ---- bad samples ---------------------------------------------------------------------------
@@ -467,11 +536,17 @@ BAD_KINDS = {
 }
 
 
+def bad_third_sample(cache_dir: Path, log: Path, kind: str, **options: Any) -> CachingDataModule:
+    """Four train items, batches of one, ``train[2]`` an unusable sample of ``kind``."""
+    loader = BadValueLoader(log, kind, bad=[2])
+    return datamodule(cache_dir, make_split({"train": 4}), loader, "none", batch_size=1, **options)
+
+
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_sample_names_subset_index_and_item(tmp_path: Path, log: Path, kind: str) -> None:
-    dm = datamodule(
-        tmp_path, make_split({"train": 4}), BadLoader(log, kind, bad=[2]), "none", batch_size=1
-    )
+def test_bad_sample_names_subset_index_and_item(
+    cache_dir: Path, decode_log: Path, kind: str
+) -> None:
+    dm = bad_third_sample(cache_dir, decode_log, kind)
     dm.setup("fit")
     with pytest.raises(SampleError) as caught:
         list(dm.unshuffled_train_dataloader())
@@ -483,15 +558,10 @@ def test_bad_sample_names_subset_index_and_item(tmp_path: Path, log: Path, kind:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_sample_in_a_worker_keeps_its_type(tmp_path: Path, log: Path, kind: str) -> None:
-    dm = datamodule(
-        tmp_path,
-        make_split({"train": 4}),
-        BadLoader(log, kind, bad=[2]),
-        "none",
-        batch_size=1,
-        parallel=2,
-    )
+def test_bad_sample_in_a_worker_keeps_its_type(
+    cache_dir: Path, decode_log: Path, kind: str
+) -> None:
+    dm = bad_third_sample(cache_dir, decode_log, kind, parallel=2)
     dm.setup("fit")
     error = raised_by(dm.unshuffled_train_dataloader())
     # torch rebuilds the worker's exception in this process as type(error)(message).
@@ -508,9 +578,11 @@ def test_bad_sample_in_a_worker_keeps_its_type(tmp_path: Path, log: Path, kind: 
         pytest.param("memory", 2, marks=pytest.mark.slow),
     ],
 )
-def test_load_reports_every_bad_sample(tmp_path: Path, log: Path, tier: str, parallel: int) -> None:
-    loader = BadLoader(log, "metadata", bad=[1, 3])
-    dm = datamodule(tmp_path, make_split({"train": 5}), loader, tier, parallel=parallel)
+def test_load_reports_every_bad_sample(
+    cache_dir: Path, decode_log: Path, tier: str, parallel: int
+) -> None:
+    loader = BadValueLoader(decode_log, "metadata", bad=[1, 3])
+    dm = datamodule(cache_dir, make_split({"train": 5}), loader, tier, parallel=parallel)
     with pytest.raises(BadSamplesError) as caught:
         dm.setup("fit")
     message = str(caught.value)
@@ -519,4 +591,4 @@ def test_load_reports_every_bad_sample(tmp_path: Path, log: Path, tier: str, par
     assert f"train[3] (['train/3', 1, 3]): {BAD_KINDS['metadata']}" in message
     assert len(caught.value.failures) == 2
     # Every item was decoded once: the report covers all failures in one go.
-    assert decode_counts(log) == Counter({0: 1, 1: 1, 2: 1, 3: 1, 4: 1})
+    assert decodes_by_value(decode_log) == Counter({0: 1, 1: 1, 2: 1, 3: 1, 4: 1})

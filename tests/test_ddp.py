@@ -7,20 +7,15 @@ starts rank 1 by running the same script again.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from _store_helpers import (
-    CountingLoader,
-    dataset_checksum,
-    decode_count,
-    simple_items,
-    subprocess_env,
-)
 from shardcache.tiers.none import RawDataset
+from support.decodes import decode_count
+from support.loaders import SeededLoader, make_items
+from support.processes import run_python, subprocess_env
+from support.samples import dataset_digest
 
 TRAIN, VALIDATION = 24, 8
 
@@ -32,8 +27,9 @@ import lightning
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
-from _store_helpers import CountingLoader, dataset_checksum, simple_items
 from shardcache import CachingDataModule
+from support.loaders import SeededLoader, make_items
+from support.samples import dataset_digest
 
 
 class Model(lightning.LightningModule):
@@ -62,8 +58,8 @@ class Model(lightning.LightningModule):
             "rank": self.global_rank,
             "pid": os.getpid(),
             "world_size": self.trainer.world_size,
-            "train": dataset_checksum(train),
-            "validation": dataset_checksum(validation),
+            "train": dataset_digest(train),
+            "validation": dataset_digest(validation),
             "caches": [train.path.name, validation.path.name],
         }
         Path(self.out_dir, f"rank-{self.global_rank}.json").write_text(json.dumps(report))
@@ -71,9 +67,9 @@ class Model(lightning.LightningModule):
 
 def main():
     cache_dir, log, out_dir, train, validation = sys.argv[1:6]
-    split = {"train": simple_items(int(train)), "validation": simple_items(int(validation), "val")}
+    split = {"train": make_items(int(train)), "validation": make_items(int(validation), "val")}
     datamodule = CachingDataModule(
-        split, CountingLoader(log), batch_size=4, cache="disk", cache_dir=cache_dir
+        split, SeededLoader(log), batch_size=4, cache="disk", cache_dir=cache_dir
     )
     trainer = lightning.Trainer(
         accelerator="cpu",
@@ -112,22 +108,8 @@ def run_job(script: Path, cache_dir: Path, log: Path, out_dir: Path) -> list[dic
     env = subprocess_env()
     for name in DISTRIBUTED_VARIABLES:  # a fresh job, whatever this process inherited
         env.pop(name, None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(cache_dir),
-            str(log),
-            str(out_dir),
-            str(TRAIN),
-            str(VALIDATION),
-        ],
-        env=env,
-        cwd=out_dir,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    result = run_python(
+        script, cache_dir, log, out_dir, TRAIN, VALIDATION, env=env, cwd=out_dir, timeout=240
     )
     assert result.returncode == 0, result.stderr[-4000:]
     reports = [json.loads(path.read_text()) for path in sorted(out_dir.glob("rank-*.json"))]
@@ -136,18 +118,17 @@ def run_job(script: Path, cache_dir: Path, log: Path, out_dir: Path) -> list[dic
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_decode_each_item_once_and_serve_equal_data(tmp_path: Path) -> None:
+def test_two_ddp_ranks_decode_each_item_once_and_serve_equal_data(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    cache_dir = tmp_path / "cache"
     expected = {
-        "train": dataset_checksum(
-            RawDataset("train", simple_items(TRAIN), CountingLoader(tmp_path / "x"))
+        "train": dataset_digest(
+            RawDataset("train", make_items(TRAIN), SeededLoader(tmp_path / "x"))
         ),
-        "validation": dataset_checksum(
-            RawDataset(
-                "validation", simple_items(VALIDATION, "val"), CountingLoader(tmp_path / "x")
-            )
+        "validation": dataset_digest(
+            RawDataset("validation", make_items(VALIDATION, "val"), SeededLoader(tmp_path / "x"))
         ),
     }
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from _foundation_helpers import raised_by
 from shardcache.core import errors
+from support.processes import raised_by
 
 # name: (parent in our tree, builtin that old ``except`` clauses catch)
 TREE = {

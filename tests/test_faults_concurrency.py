@@ -15,23 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from _fault_helpers import (
-    N_ITEMS,
-    SlowLoader,
-    child_spec,
-    count_decodes,
-    decode_lines,
-    hold_lock,
-    leftovers,
-    make_items,
-    published,
-    reference_digest,
-    run,
-    start_fork,
-    wait_for,
-)
 from shardcache.errors import LockTimeoutError
 from shardcache.store import ensure_cache
+from support.builds import child_build, child_spec, hold_lock, leftovers, published, run_build
+from support.decodes import decode_count, decodes
+from support.loaders import N_ITEMS, SlowLoader, make_items, reference_digest
+from support.processes import fork_child, wait_for
 
 REFERENCE = reference_digest(make_items())
 
@@ -39,7 +28,8 @@ REFERENCE = reference_digest(make_items())
 def _race(tmp_path: Path, specs: list[dict]) -> list[dict]:
     barrier = tmp_path / "barrier"
     children = [
-        start_fork({**spec, "barrier": str(barrier), "parties": len(specs)}) for spec in specs
+        fork_child(child_build, {**spec, "barrier": str(barrier), "parties": len(specs)})
+        for spec in specs
     ]
     codes = [child.wait() for child in children]
     assert codes == [0] * len(specs)
@@ -49,24 +39,26 @@ def _race(tmp_path: Path, specs: list[dict]) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("parties", "parallel"), [(8, -1), (4, 2)])
 def test_racing_processes_decode_each_item_once(
-    tmp_path: Path, parties: int, parallel: int
+    tmp_path: Path, decode_log: Path, cache_dir: Path, parties: int, parallel: int
 ) -> None:
     specs = [child_spec(tmp_path, f"p{i}", parallel=parallel, delay=0.002) for i in range(parties)]
     results = _race(tmp_path, specs)
     assert [result.get("error") for result in results] == [None] * parties
-    assert (count_decodes(tmp_path / "decodes.log"), len(published(tmp_path / "cache"))) == (
+    assert (decode_count(decode_log), len(published(cache_dir))) == (
         N_ITEMS,
         1,
     )
     assert {result["digest"] for result in results} == {REFERENCE}
     # One process decoded everything; the others waited and opened its cache.
-    builders = {row[0] for row in decode_lines(tmp_path / "decodes.log")}
+    builders = {decode.tag for decode in decodes(decode_log)}
     assert len(builders) == 1
-    assert leftovers(tmp_path / "cache") == []
+    assert leftovers(cache_dir) == []
 
 
 @pytest.mark.slow
-def test_two_keys_built_concurrently_in_one_directory(tmp_path: Path) -> None:
+def test_two_keys_built_concurrently_in_one_directory(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
     specs = [
         child_spec(tmp_path, f"{prefix}{i}", prefix=prefix, delay=0.002)
         for i in range(3)
@@ -74,7 +66,7 @@ def test_two_keys_built_concurrently_in_one_directory(tmp_path: Path) -> None:
     ]
     results = _race(tmp_path, specs)
     assert [result.get("error") for result in results] == [None] * len(specs)
-    assert count_decodes(tmp_path / "decodes.log") == 2 * N_ITEMS
+    assert decode_count(decode_log) == 2 * N_ITEMS
     by_prefix = {
         prefix: {
             result["digest"]
@@ -87,13 +79,13 @@ def test_two_keys_built_concurrently_in_one_directory(tmp_path: Path) -> None:
         "img": {REFERENCE},
         "scan": {reference_digest(make_items(prefix="scan"))},
     }
-    assert len(published(tmp_path / "cache")) == 2
-    assert not (tmp_path / "cache" / ".staging").exists() or not list(
-        (tmp_path / "cache" / ".staging").iterdir()
-    )
+    assert len(published(cache_dir)) == 2
+    assert not (cache_dir / ".staging").exists() or not list((cache_dir / ".staging").iterdir())
 
 
-def test_a_build_survives_another_keys_tidy_up_of_the_staging_parent(tmp_path: Path) -> None:
+def test_a_build_survives_another_keys_tidy_up_of_the_staging_parent(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     """The window between creating ``.staging`` and ``.staging/<key>``, held open.
 
     B pauses after creating ``.staging`` (its first mkdir of its own directory failed for
@@ -108,11 +100,11 @@ def test_a_build_survives_another_keys_tidy_up_of_the_staging_parent(tmp_path: P
         "paused": str(paused),
         "resume": str(resume),
     }
-    b = start_fork(child_spec(tmp_path, "b", prefix="scan", pause=pause))
+    b = fork_child(child_build, child_spec(tmp_path, "b", prefix="scan", pause=pause))
     wait_for(paused)
-    a = run(child_spec(tmp_path, "a"))
+    a = run_build(child_spec(tmp_path, "a"))
     assert a.get("error") is None
-    assert not (tmp_path / "cache" / ".staging").exists(), "A did not tidy up; no race here"
+    assert not (cache_dir / ".staging").exists(), "A did not tidy up; no race here"
     resume.touch()
     assert b.wait() == 0
     result = b.result()
@@ -125,20 +117,20 @@ def _holder(tmp_path: Path, progress: tuple[int, int]) -> tuple[object, Path]:
     spec = child_spec(
         tmp_path, "holder", ready=str(tmp_path / "held"), release=str(release), progress=progress
     )
-    child = start_fork(spec, target=hold_lock)
+    child = fork_child(hold_lock, spec)
     wait_for(tmp_path / "held")
     return child, release
 
 
 def test_lock_timeout_says_who_holds_the_lock(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, decode_log: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     holder, release = _holder(tmp_path, (5, N_ITEMS))
     caplog.set_level(logging.WARNING, logger="shardcache")
-    loader = SlowLoader(tmp_path / "decodes.log", tag="waiter")
+    loader = SlowLoader(decode_log, tag="waiter")
     try:
         with pytest.raises(LockTimeoutError) as caught:
-            ensure_cache(tmp_path / "cache", "train", make_items(), loader, lock_timeout=1.0)
+            ensure_cache(cache_dir, "train", make_items(), loader, lock_timeout=1.0)
     finally:
         release.touch()
         assert holder.wait() == 0
@@ -155,27 +147,27 @@ def test_lock_timeout_says_who_holds_the_lock(
     assert waits, "no WARNING line while waiting"
     assert f"pid {holder.pid} on host {socket.gethostname()}" in waits[0].message
     assert re.search(r"building train-[0-9a-f]{24}", waits[0].message)
-    assert count_decodes(tmp_path / "decodes.log") == 0
+    assert decode_count(decode_log) == 0
     # Released: the same call builds.
-    dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, lock_timeout=1.0)
+    dataset = ensure_cache(cache_dir, "train", make_items(), loader, lock_timeout=1.0)
     assert len(dataset) == N_ITEMS
 
 
 @pytest.mark.slow
 def test_a_waiter_logs_the_builders_progress_then_opens_its_cache(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, decode_log: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ready = tmp_path / "ready"
-    builder = start_fork(child_spec(tmp_path, "builder", delay=0.05, ready=str(ready)))
+    builder = fork_child(child_build, child_spec(tmp_path, "builder", delay=0.05, ready=str(ready)))
     wait_for(ready)
-    wait_for(tmp_path / "decodes.log")  # it holds the lock and decodes
+    wait_for(decode_log)  # it holds the lock and decodes
     caplog.set_level(logging.WARNING, logger="shardcache")
-    loader = SlowLoader(tmp_path / "decodes.log", tag="waiter")
-    dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, lock_timeout=60)
+    loader = SlowLoader(decode_log, tag="waiter")
+    dataset = ensure_cache(cache_dir, "train", make_items(), loader, lock_timeout=60)
     assert len(dataset) == N_ITEMS
     assert builder.wait() == 0
-    assert count_decodes(tmp_path / "decodes.log", "waiter") == 0
-    assert count_decodes(tmp_path / "decodes.log", "builder") == N_ITEMS
+    assert decode_count(decode_log, "waiter") == 0
+    assert decode_count(decode_log, "builder") == N_ITEMS
     waits = [r.message for r in caplog.records if "waiting for pid" in r.message]
     assert waits
     assert waits[0].startswith(f"waiting for pid {builder.pid} on host ")

@@ -21,29 +21,32 @@ import pytest
 import torch
 import xxhash
 
-from _fault_helpers import (
-    CRASH_EXIT,
-    N_ITEMS,
-    SHARD_BYTES,
-    SizedLoader,
-    SlowLoader,
-    child_spec,
-    count_decodes,
-    dataset_digest,
-    leftovers,
-    make_items,
-    published,
-    reference_digest,
-    reference_sample,
-    sized_sample,
-    staged_samples,
-    start_fork,
-)
 from shardcache.errors import CorruptCacheError
 from shardcache.store import CacheDataset, ensure_cache
 from shardcache.store.format import Manifest
 from shardcache.store.header import file_digest, read_header
 from shardcache.store.layout import MANIFEST_NAME, SHARD_NAME, shard_name
+from support.builds import (
+    SHARD_BYTES,
+    child_build,
+    child_spec,
+    leftovers,
+    published,
+    staged_samples,
+)
+from support.crash import CRASH_EXIT
+from support.decodes import decode_count
+from support.loaders import (
+    N_ITEMS,
+    SizedLoader,
+    SlowLoader,
+    make_items,
+    reference_digest,
+    reference_sample,
+    sized_sample,
+)
+from support.processes import fork_child
+from support.samples import dataset_digest
 
 REFERENCE = reference_digest(make_items())
 
@@ -55,10 +58,10 @@ def _ensure(cache_dir: Path, count_file: Path, tag: str, items: list | None = No
 
 
 @pytest.fixture
-def built(tmp_path: Path) -> Path:
-    """A published cache of the test items, built in ``tmp_path / "cache"``."""
-    _ensure(tmp_path / "cache", tmp_path / "decodes.log", "build").close()
-    [path] = published(tmp_path / "cache")
+def built(decode_log: Path, cache_dir: Path) -> Path:
+    """A published cache of the test items, built in ``cache_dir``."""
+    _ensure(cache_dir, decode_log, "build").close()
+    [path] = published(cache_dir)
     return path
 
 
@@ -125,42 +128,45 @@ DAMAGE: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damage_detected_at_open_is_rebuilt(
-    built: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    built: Path, decode_log: Path, cache_dir: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     corrupt, expected = DAMAGE[damage]
     damaged = corrupt(built)
     if damaged.exists():
         expected = expected.format(size=damaged.stat().st_size)
     caplog.set_level(logging.WARNING, logger="shardcache")
-    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "rebuild")
+    dataset = _ensure(cache_dir, decode_log, "rebuild")
     assert dataset_digest(dataset) == REFERENCE
-    assert count_decodes(tmp_path / "decodes.log", "rebuild") == N_ITEMS
+    assert decode_count(decode_log, "rebuild") == N_ITEMS
     # Logged: which cache, which file, what is wrong with it.
     [warning] = [r.message for r in caplog.records if "will be rebuilt" in r.message]
     assert f"cache {built.name} is damaged and will be rebuilt: {damaged}: " in warning
     assert expected in warning, warning
     dataset.close()
-    assert _ensure(tmp_path / "cache", tmp_path / "decodes.log", "after").manifest.key
-    assert count_decodes(tmp_path / "decodes.log", "after") == 0
-    assert leftovers(tmp_path / "cache") == []
-    assert [p.name for p in published(tmp_path / "cache")] == [built.name]
+    assert _ensure(cache_dir, decode_log, "after").manifest.key
+    assert decode_count(decode_log, "after") == 0
+    assert leftovers(cache_dir) == []
+    assert [p.name for p in published(cache_dir)] == [built.name]
 
 
-def test_a_cache_directory_renamed_from_another_key_is_not_served(tmp_path: Path) -> None:
-    cache_dir = tmp_path / "cache"
-    ours = _ensure(cache_dir, tmp_path / "decodes.log", "ours")
-    theirs = _ensure(cache_dir, tmp_path / "decodes.log", "theirs", make_items(prefix="scan"))
+def test_a_cache_directory_renamed_from_another_key_is_not_served(
+    decode_log: Path, cache_dir: Path
+) -> None:
+    ours = _ensure(cache_dir, decode_log, "ours")
+    theirs = _ensure(cache_dir, decode_log, "theirs", make_items(prefix="scan"))
     ours_path, theirs_path = ours.path, theirs.path
     ours.close()
     theirs.close()
     shutil.rmtree(ours_path)
     theirs_path.rename(ours_path)  # by hand, or a botched copy: the name says "ours"
-    dataset = _ensure(cache_dir, tmp_path / "decodes.log", "again")
+    dataset = _ensure(cache_dir, decode_log, "again")
     assert dataset_digest(dataset) == REFERENCE
-    assert count_decodes(tmp_path / "decodes.log", "again") == N_ITEMS
+    assert decode_count(decode_log, "again") == N_ITEMS
 
 
-def test_flipped_tensor_bytes_are_left_to_verify(built: Path, tmp_path: Path) -> None:
+def test_flipped_tensor_bytes_are_left_to_verify(
+    built: Path, decode_log: Path, cache_dir: Path
+) -> None:
     shard = _shard(built, 4)
     header = read_header(shard)
     first = header.tensors[f"{header.start}/0"]
@@ -170,8 +176,8 @@ def test_flipped_tensor_bytes_are_left_to_verify(built: Path, tmp_path: Path) ->
         stream.seek(first.begin + 5)
         stream.write(bytes([byte[0] ^ 0xFF]))
     # Not detected at open (sizes hold; no data is read), by design: no decode happens...
-    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "open")
-    assert count_decodes(tmp_path / "decodes.log", "open") == 0
+    dataset = _ensure(cache_dir, decode_log, "open")
+    assert decode_count(decode_log, "open") == 0
     served, _ = dataset[header.start]
     expected, _ = reference_sample(make_items()[header.start])
     assert not torch.equal(served.view(torch.uint8), expected.view(torch.uint8))
@@ -183,43 +189,40 @@ def test_flipped_tensor_bytes_are_left_to_verify(built: Path, tmp_path: Path) ->
 
 
 def test_a_damaged_shard_header_fails_the_first_read_naming_the_file(
-    built: Path, tmp_path: Path
+    built: Path, decode_log: Path, cache_dir: Path
 ) -> None:
     shard = _shard(built, 1)
     data = shard.read_bytes()
     assert b'"data_offsets"' in data
     shard.write_bytes(data.replace(b'"data_offsets"', b'"data_offsetz"', 1))  # same size
-    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "open")
+    dataset = _ensure(cache_dir, decode_log, "open")
     first_sample = int(shard.name.split("-")[1])
     assert dataset[0][0].numel() > 0  # other shards serve: headers are parsed per shard
     with pytest.raises(CorruptCacheError, match=f"^{shard}: tensor .* malformed entry"):
         dataset[first_sample]  # the first read of that shard parses and checks its header
-    assert count_decodes(tmp_path / "decodes.log", "open") == 0
+    assert decode_count(decode_log, "open") == 0
 
 
 @pytest.mark.slow
 def test_datamodule_rebuilds_a_damaged_cache(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    decode_log: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from shardcache import CachingDataModule
 
     items = make_items(12)
     split = {"train": items, "test": items[:4]}
-    count_file = tmp_path / "decodes.log"
 
     def module(tag: str) -> CachingDataModule:
-        loader = SizedLoader(count_file, small=4096, large=4096, tag=tag)
-        return CachingDataModule(
-            split, loader, cache="disk", cache_dir=tmp_path / "cache", shard_bytes=8192
-        )
+        loader = SizedLoader(decode_log, small=4096, large=4096, tag=tag)
+        return CachingDataModule(split, loader, cache="disk", cache_dir=cache_dir, shard_bytes=8192)
 
     module("build").prepare_data()
-    train = next(p for p in published(tmp_path / "cache") if p.name.startswith("train-"))
+    train = next(p for p in published(cache_dir) if p.name.startswith("train-"))
     _truncate_shard(train)
     caplog.set_level(logging.WARNING, logger="shardcache")
     datamodule = module("rebuild")
     datamodule.prepare_data()
-    assert count_decodes(count_file, "rebuild") == len(items)  # train only; test was intact
+    assert decode_count(decode_log, "rebuild") == len(items)  # train only; test was intact
     assert any(f"cache {train.name} is damaged" in r.message for r in caplog.records)
     datamodule.setup("fit")
     for item, (tensor, metadata) in zip(
@@ -246,12 +249,12 @@ def _valid_json_wrong_types(staging: Path) -> str:
 
 
 def test_damaged_staging_shards_are_decoded_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, decode_log: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A build dies after writing most shards (the loader exits at its 36th decode).
     spec = child_spec(tmp_path, "crash", crash_at_decode=36, delay=0.01)
-    assert start_fork(spec).wait() == CRASH_EXIT
-    [staging] = (tmp_path / "cache" / ".staging").iterdir()
+    assert fork_child(child_build, spec).wait() == CRASH_EXIT
+    [staging] = (cache_dir / ".staging").iterdir()
     shards = sorted(staging.glob("shard-*"), key=lambda p: p.name)
     assert len(shards) >= 8, "the build should have left several shards to resume from"
 
@@ -277,32 +280,34 @@ def test_damaged_staging_shards_are_decoded_again(
     intact = sum(len(samples(shard)) for shard in shards[4:])
 
     caplog.set_level(logging.WARNING, logger="shardcache")
-    dataset = _ensure(tmp_path / "cache", tmp_path / "decodes.log", "resume")
+    dataset = _ensure(cache_dir, decode_log, "resume")
     assert dataset_digest(dataset) == REFERENCE
     # Everything not in an intact staged shard is decoded, once.
-    resumed = count_decodes(tmp_path / "decodes.log", "resume")
+    resumed = decode_count(decode_log, "resume")
     assert resumed == N_ITEMS - intact, (resumed, N_ITEMS, intact)
     warnings = [r.message for r in caplog.records if "not resuming from a damaged" in r.message]
     named = {name for name in (s.name for s in shards[:3]) if any(name in w for w in warnings)}
     assert named == {s.name for s in shards[:3]}
     assert any(fake in w and "malformed" in w for w in warnings)
     assert any("range does not match its name" in w for w in warnings)
-    assert leftovers(tmp_path / "cache") == []
+    assert leftovers(cache_dir) == []
 
 
 @pytest.mark.slow
-def test_resume_with_another_shard_size_and_overlapping_shards(tmp_path: Path) -> None:
+def test_resume_with_another_shard_size_and_overlapping_shards(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
     spec = child_spec(tmp_path, "crash", crash_at_decode=30, delay=0.01)
-    assert start_fork(spec).wait() == CRASH_EXIT
-    [staging] = (tmp_path / "cache" / ".staging").iterdir()
+    assert fork_child(child_build, spec).wait() == CRASH_EXIT
+    [staging] = (cache_dir / ".staging").iterdir()
     shards = sorted(staging.glob("shard-*"), key=lambda p: p.name)
     # A copy of shard 1 whose name claims to start one sample earlier overlaps shard 0.
     spare = staging / "spare"
     shutil.copy(shards[1], spare)
     match = SHARD_NAME.match(shards[1].name)
-    staged = staged_samples(tmp_path / "cache")
+    staged = staged_samples(cache_dir)
     spare.rename(staging / shard_name(int(match[1]) - 1, int(match[2]), match[3]))  # type: ignore[index]
-    loader = SlowLoader(tmp_path / "decodes.log", tag="resume")
-    dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, shard_bytes=8192)
+    loader = SlowLoader(decode_log, tag="resume")
+    dataset = ensure_cache(cache_dir, "train", make_items(), loader, shard_bytes=8192)
     assert dataset_digest(dataset) == REFERENCE
-    assert count_decodes(tmp_path / "decodes.log", "resume") == N_ITEMS - staged
+    assert decode_count(decode_log, "resume") == N_ITEMS - staged

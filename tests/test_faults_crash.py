@@ -20,27 +20,45 @@ from typing import Any
 
 import pytest
 
-from _fault_helpers import (
-    CRASH_EXIT,
-    CRASH_POINTS,
-    N_ITEMS,
-    SHARD_BYTES,
-    SlowLoader,
-    child_spec,
-    expected_decodes,
-    make_items,
-    published,
-    reference_digest,
-    staged_samples,
-    start_exec,
-    start_fork,
-    verify_recovery,
-    wait_for,
-)
 from shardcache.store import ensure_cache
 from shardcache.store.layout import CacheRoot
+from support.builds import (
+    SHARD_BYTES,
+    child_build,
+    child_spec,
+    expected_decodes,
+    published,
+    staged_samples,
+    verify_recovery,
+)
+from support.crash import CRASH_EXIT
+from support.loaders import N_ITEMS, SlowLoader, make_items, reference_digest
+from support.processes import exec_child, fork_child, wait_for
 
 REFERENCE = reference_digest(make_items())
+
+# Where a build can die: the audit event, a pattern its arguments match, which occurrence
+# (or the loader's k-th decode). Each is a row of the crash matrix below.
+TMP = r"/\.tmp-[^/ ]*"
+CRASH_POINTS: dict[str, dict[str, Any]] = {
+    "lock owner file write": {"event": "open", "pattern": TMP + r"\.owner\.json "},
+    "lock owner file rename": {"event": "os.rename", "pattern": TMP + r"\.owner\.json "},
+    "staging mkdir": {"event": "os.mkdir", "pattern": r"/\.staging/[0-9a-f]{64}"},
+    "first decode": {"decode": 1},
+    "mid-build decode": {"decode": N_ITEMS // 2},
+    "last decode": {"decode": N_ITEMS},
+    "first shard temp open": {"event": "open", "pattern": TMP + r"shard-", "nth": 1},
+    "third shard temp open": {"event": "open", "pattern": TMP + r"shard-", "nth": 3},
+    "first shard rename": {"event": "os.rename", "pattern": TMP + r"shard-", "nth": 1},
+    "fourth shard rename": {"event": "os.rename", "pattern": TMP + r"shard-", "nth": 4},
+    "last shard rename": {"event": "os.rename", "pattern": TMP + r"shard-", "nth": "last"},
+    "items.json write": {"event": "open", "pattern": TMP + r"items\.json "},
+    "items.json rename": {"event": "os.rename", "pattern": TMP + r"items\.json "},
+    "manifest write": {"event": "open", "pattern": TMP + r"manifest\.json "},
+    "manifest rename": {"event": "os.rename", "pattern": TMP + r"manifest\.json "},
+    "publish rename": {"event": "os.rename", "pattern": r"/\.staging/[0-9a-f]{64} "},
+    "root fsync after publish": {"event": "open", "pattern": "^{root} "},
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +97,7 @@ def _crash_options(point: str, cache_dir: Path, shard_count: int) -> dict[str, A
 
 def _crash(workdir: Path, tag: str, options: dict[str, Any]) -> dict[str, Any]:
     """Run a build that must die at its crash point; describe what it left behind."""
-    child = start_fork(child_spec(workdir, tag, **options))
+    child = fork_child(child_build, child_spec(workdir, tag, **options))
     assert child.wait() == CRASH_EXIT, "the build did not reach its crash point"
     cache_dir = workdir / "cache"
     return {
@@ -103,10 +121,10 @@ VARIANTS = (
 @pytest.mark.slow
 @pytest.mark.parametrize(("point", "lock", "parallel"), VARIANTS)
 def test_crash_point_then_recovery(
-    tmp_path: Path, point: str, lock: str, parallel: int, shard_count: int
+    tmp_path: Path, cache_dir: Path, point: str, lock: str, parallel: int, shard_count: int
 ) -> None:
     env = {"SHARDCACHE_LOCK": lock}
-    options = _crash_options(point, tmp_path / "cache", shard_count)
+    options = _crash_options(point, cache_dir, shard_count)
     delay = 0.005 if parallel > 0 else 0.0
     left = _crash(tmp_path, "crash", {"env": env, "parallel": parallel, "delay": delay, **options})
     # Published only once the staging directory, manifest last, was renamed into place.
@@ -139,9 +157,10 @@ def test_crash_in_a_resumed_build_then_recovery(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_crash_while_discarding_a_damaged_cache(tmp_path: Path) -> None:
-    cache_dir = tmp_path / "cache"
-    ensure_cache(cache_dir, "train", make_items(), SlowLoader(tmp_path / "decodes.log"))
+def test_crash_while_discarding_a_damaged_cache(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
+    ensure_cache(cache_dir, "train", make_items(), SlowLoader(decode_log))
     [path] = published(cache_dir)
     (path / "manifest.json").write_text("{ not json")
     # Dies between moving the damaged cache to .trash and deleting it.
@@ -156,10 +175,11 @@ def test_crash_while_discarding_a_damaged_cache(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_dying_decoding_worker_fails_the_build_and_the_next_run_resumes(
     tmp_path: Path,
+    cache_dir: Path,
 ) -> None:
     # parallel=2: the worker that reaches its 8th decode exits; the DataLoader notices.
     spec = child_spec(tmp_path, "crash", parallel=2, crash_at_decode=8, delay=0.002)
-    child = start_fork(spec)
+    child = fork_child(child_build, spec)
     assert child.wait() == 0
     result = child.result()
     # torch reports a dead worker as RuntimeError ("exited unexpectedly"), or, when the
@@ -169,13 +189,13 @@ def test_a_dying_decoding_worker_fails_the_build_and_the_next_run_resumes(
         ("RuntimeError", True),
         ("ConnectionResetError", False),
     }
-    assert not published(tmp_path / "cache")
+    assert not published(cache_dir)
     outcome = verify_recovery(tmp_path, "recover", REFERENCE)
     _record("decoding worker exits (parallel=2)", outcome)
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_process_group_at_a_random_moment(tmp_path: Path) -> None:
+def test_sigkill_of_the_process_group_at_a_random_moment(tmp_path: Path, cache_dir: Path) -> None:
     """A fresh interpreter in its own session, with DataLoader workers, killed with -9.
 
     Then the resumed build, killed likewise (in a forkserver child with its own session,
@@ -187,30 +207,32 @@ def test_sigkill_of_the_process_group_at_a_random_moment(tmp_path: Path) -> None
     ready = tmp_path / "ready"
     # Decoding takes at least 1 s (40 x 50 ms on two workers): kill it around mid-way.
     spec = child_spec(tmp_path, "build", parallel=2, delay=0.05, ready=str(ready))
-    child = start_exec(spec)
+    child = exec_child(child_build, spec)
     wait_for(ready)
     time.sleep(rng.uniform(0.3, 0.6))
     assert child.kill_group(), "the build finished before its kill"
     assert child.wait() == -signal.SIGKILL
-    staged = staged_samples(tmp_path / "cache")
-    assert not published(tmp_path / "cache")
+    staged = staged_samples(cache_dir)
+    assert not published(cache_dir)
     ready = tmp_path / "ready2"
     spec = child_spec(tmp_path, "resumed", parallel=2, delay=0.05, ready=str(ready), setsid=True)
-    resumed = start_fork(spec)
+    resumed = fork_child(child_build, spec)
     wait_for(ready)
     time.sleep(rng.uniform(0.1, 0.3))  # at least 16 samples, 0.4 s, are left to decode
     assert resumed.kill_group(), "the resumed build finished before its kill"
     assert resumed.wait() == -signal.SIGKILL
-    assert staged_samples(tmp_path / "cache") >= staged
-    expected = expected_decodes(tmp_path / "cache")
+    assert staged_samples(cache_dir) >= staged
+    expected = expected_decodes(cache_dir)
     outcome = verify_recovery(tmp_path, "recover", REFERENCE, parallel=2)
     assert outcome["next_decodes"] == expected
     _record("SIGKILL of a build's process group, then of the resumed build", outcome)
 
 
-def test_stale_lock_and_staging_of_a_dead_process_do_not_block(tmp_path: Path) -> None:
+def test_stale_lock_and_staging_of_a_dead_process_do_not_block(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     left = _crash(tmp_path, "crash", {"crash_at_decode": N_ITEMS // 2, "delay": 0.01})
-    root = CacheRoot(tmp_path / "cache")
+    root = CacheRoot(cache_dir)
     assert left["staged_samples"] > 0
     assert list((root.path / ".locks").glob("*.lock")), "the dead builder's lock file is left"
     assert list((root.path / ".locks").glob("*.owner.json")), "and its owner file"

@@ -20,27 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from _fault_helpers import (
-    SHARD_BYTES,
-    SizedLoader,
-    SlowLoader,
-    child_spec,
-    count_decodes,
-    dataset_digest,
-    leftovers,
-    make_items,
-    published,
-    readonly_bind,
-    reference_digest,
-    remount,
-    sized_sample,
-    staged_samples,
-    start_fork,
-    tmpfs,
-    wait_for,
-)
 from shardcache.errors import CacheDirError, InsufficientSpaceError
 from shardcache.store import ensure_cache
+from support.builds import (
+    SHARD_BYTES,
+    child_build,
+    child_spec,
+    leftovers,
+    published,
+    staged_samples,
+)
+from support.decodes import decode_count
+from support.loaders import SizedLoader, SlowLoader, make_items, reference_digest, sized_sample
+from support.mounts import readonly_bind, remount, tmpfs
+from support.processes import fork_child, wait_for
+from support.samples import dataset_digest
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -71,9 +65,9 @@ def _sized_reference(items: list, small: int, large: int, switch_at: int) -> str
     return reference_digest(items, lambda item: sized_sample(item, small, large, switch_at))
 
 
-def test_free_space_check_refuses_early_with_the_numbers(small_fs: Path, tmp_path: Path) -> None:
+def test_free_space_check_refuses_early_with_the_numbers(small_fs: Path, decode_log: Path) -> None:
     items = make_items(64)  # 64 x 256 KiB: about 16 MiB, on 8 MiB
-    loader = SizedLoader(tmp_path / "decodes.log", small=256 * KiB, large=256 * KiB)
+    loader = SizedLoader(decode_log, small=256 * KiB, large=256 * KiB)
     cache_dir = small_fs / "cache"
     with pytest.raises(InsufficientSpaceError) as caught:
         ensure_cache(cache_dir, "train", items, loader, shard_bytes=1 * MiB)
@@ -85,17 +79,17 @@ def test_free_space_check_refuses_early_with_the_numbers(small_fs: Path, tmp_pat
     ), message
     assert isinstance(caught.value, OSError)
     # Refused after the 16 samples of the estimate, not after decoding everything.
-    assert count_decodes(tmp_path / "decodes.log") == 16
+    assert decode_count(decode_log) == 16
     assert published(cache_dir) == []
     assert leftovers(cache_dir) == []
 
 
 @pytest.mark.slow
-def test_disk_full_mid_write_then_the_filesystem_grows(small_fs: Path, tmp_path: Path) -> None:
+def test_disk_full_mid_write_then_the_filesystem_grows(small_fs: Path, decode_log: Path) -> None:
     # 16 small samples fool the estimate; the 24 large ones need 24 MiB of 8.
     items = make_items(40)
     sizes = {"small": 1 * KiB, "large": 1 * MiB, "switch_at": 16}
-    loader = SizedLoader(tmp_path / "decodes.log", tag="full", **sizes)
+    loader = SizedLoader(decode_log, tag="full", **sizes)
     cache_dir = small_fs / "cache"
     with pytest.raises(InsufficientSpaceError) as caught:
         ensure_cache(cache_dir, "train", items, loader, shard_bytes=2 * MiB)
@@ -112,20 +106,20 @@ def test_disk_full_mid_write_then_the_filesystem_grows(small_fs: Path, tmp_path:
     assert 16 <= staged < 40
 
     remount(small_fs, "size=64m")
-    again = SizedLoader(tmp_path / "decodes.log", tag="grown", **sizes)
+    again = SizedLoader(decode_log, tag="grown", **sizes)
     dataset = ensure_cache(cache_dir, "train", items, again, shard_bytes=2 * MiB)
     assert dataset_digest(dataset) == _sized_reference(items, **sizes)
-    assert count_decodes(tmp_path / "decodes.log", "grown") == 40 - staged  # resumed
+    assert decode_count(decode_log, "grown") == 40 - staged  # resumed
     dataset.close()
-    later = SizedLoader(tmp_path / "decodes.log", tag="later", **sizes)
+    later = SizedLoader(decode_log, tag="later", **sizes)
     ensure_cache(cache_dir, "train", items, later, shard_bytes=2 * MiB)
-    assert count_decodes(tmp_path / "decodes.log", "later") == 0
+    assert decode_count(decode_log, "later") == 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("file_name", ["items.json", "manifest.json"])
 def test_disk_full_while_writing_the_manifest(
-    small_fs: Path, tmp_path: Path, file_name: str
+    small_fs: Path, tmp_path: Path, decode_log: Path, file_name: str
 ) -> None:
     """Every shard fits; then the disk fills up just before items.json or the manifest."""
     paused, resume = tmp_path / "paused", tmp_path / "resume"
@@ -137,7 +131,7 @@ def test_disk_full_while_writing_the_manifest(
         "resume": str(resume),
     }
     spec = child_spec(tmp_path, "full", cache_dir=str(small_fs / "cache"), pause=pause)
-    child = start_fork(spec)
+    child = fork_child(child_build, spec)
     wait_for(paused)
     filler = small_fs / "filler"
     _fill(filler)
@@ -153,10 +147,10 @@ def test_disk_full_while_writing_the_manifest(
     assert published(small_fs / "cache") == []
     assert leftovers(small_fs / "cache") == []
     filler.unlink()
-    loader = SlowLoader(tmp_path / "decodes.log", tag="after")
+    loader = SlowLoader(decode_log, tag="after")
     dataset = ensure_cache(small_fs / "cache", "train", make_items(), loader)
     assert dataset_digest(dataset) == reference_digest(make_items())
-    assert count_decodes(tmp_path / "decodes.log", "after") == 0  # every shard was kept
+    assert decode_count(decode_log, "after") == 0  # every shard was kept
 
 
 # ---- read-only cache directories ----------------------------------------------------------
@@ -169,62 +163,62 @@ def _build(cache_dir: Path, count_file: Path) -> str:
     return reference_digest(make_items())
 
 
-def test_read_only_tmpfs_serves_its_published_cache(small_fs: Path, tmp_path: Path) -> None:
-    reference = _build(small_fs / "cache", tmp_path / "decodes.log")
+def test_read_only_tmpfs_serves_its_published_cache(small_fs: Path, decode_log: Path) -> None:
+    reference = _build(small_fs / "cache", decode_log)
     remount(small_fs, "ro")
-    loader = SlowLoader(tmp_path / "decodes.log", tag="ro")
+    loader = SlowLoader(decode_log, tag="ro")
     dataset = ensure_cache(small_fs / "cache", "train", make_items(), loader)
     assert dataset_digest(dataset) == reference
-    assert count_decodes(tmp_path / "decodes.log", "ro") == 0
+    assert decode_count(decode_log, "ro") == 0
     dataset.close()
 
 
-def test_read_only_bind_mount_serves_its_published_cache(tmp_path: Path) -> None:
-    reference = _build(tmp_path / "rw" / "cache", tmp_path / "decodes.log")
+def test_read_only_bind_mount_serves_its_published_cache(tmp_path: Path, decode_log: Path) -> None:
+    reference = _build(tmp_path / "rw" / "cache", decode_log)
     with readonly_bind(tmp_path / "rw", tmp_path / "ro") as mounted:
-        loader = SlowLoader(tmp_path / "decodes.log", tag="ro")
+        loader = SlowLoader(decode_log, tag="ro")
         dataset = ensure_cache(mounted / "cache", "train", make_items(), loader)
         assert dataset_digest(dataset) == reference
-        assert count_decodes(tmp_path / "decodes.log", "ro") == 0
+        assert decode_count(decode_log, "ro") == 0
         dataset.close()
         del dataset  # its mappings must not keep the mount busy
 
 
-def test_empty_read_only_directory_names_the_path(small_fs: Path, tmp_path: Path) -> None:
+def test_empty_read_only_directory_names_the_path(small_fs: Path, decode_log: Path) -> None:
     (small_fs / "cache").mkdir()
     remount(small_fs, "ro")
-    loader = SlowLoader(tmp_path / "decodes.log")
+    loader = SlowLoader(decode_log)
     with pytest.raises(CacheDirError, match=re.escape(f"cache directory {small_fs / 'cache'} ")):
         ensure_cache(small_fs / "cache", "train", make_items(), loader)
     with pytest.raises(CacheDirError, match=re.escape(str(small_fs / "cache" / "sub"))):
         ensure_cache(small_fs / "cache" / "sub", "train", make_items(), loader)
-    assert count_decodes(tmp_path / "decodes.log") == 0
+    assert decode_count(decode_log) == 0
 
 
 def test_damaged_cache_on_a_read_only_directory_names_the_file(
-    small_fs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    small_fs: Path, decode_log: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _build(small_fs / "cache", tmp_path / "decodes.log")
+    _build(small_fs / "cache", decode_log)
     [path] = published(small_fs / "cache")
     shard = sorted(path.glob("shard-*"))[2]
     with shard.open("r+b") as stream:
         stream.truncate(shard.stat().st_size - 1)
     remount(small_fs, "ro")
     caplog.set_level(logging.WARNING, logger="shardcache")
-    loader = SlowLoader(tmp_path / "decodes.log", tag="ro")
+    loader = SlowLoader(decode_log, tag="ro")
     with pytest.raises(CacheDirError) as caught:
         ensure_cache(small_fs / "cache", "train", make_items(), loader)
     assert f"{shard}: shard is " in str(caught.value)
     assert "cannot be rebuilt" in str(caught.value)
-    assert count_decodes(tmp_path / "decodes.log", "ro") == 0
+    assert decode_count(decode_log, "ro") == 0
 
 
-def test_cache_dir_under_a_regular_file_names_the_path(tmp_path: Path) -> None:
+def test_cache_dir_under_a_regular_file_names_the_path(tmp_path: Path, decode_log: Path) -> None:
     regular = tmp_path / "file"
     regular.write_text("not a directory")
-    loader = SlowLoader(tmp_path / "decodes.log")
+    loader = SlowLoader(decode_log)
     for cache_dir in (regular, regular / "cache"):
         with pytest.raises(CacheDirError, match=re.escape(f"cache directory {cache_dir} ")):
             ensure_cache(cache_dir, "train", make_items(), loader)
-    assert count_decodes(tmp_path / "decodes.log") == 0
+    assert decode_count(decode_log) == 0
     shutil.rmtree(tmp_path / "file", ignore_errors=True)

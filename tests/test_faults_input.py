@@ -9,6 +9,7 @@ count), raised identically in-process (``parallel=-1``) and from DataLoader work
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,22 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from _fault_helpers import (
+from shardcache.errors import BadSamplesError, SampleError, SplitError
+from shardcache.store import ensure_cache
+from support.builds import leftovers, published
+from support.decodes import decode_count, decodes
+from support.loaders import (
     N_ITEMS,
     OPEN_FILES,
     BadLoader,
     SizedLoader,
     SlowLoader,
-    count_decodes,
-    dataset_digest,
-    leftovers,
     make_items,
-    published,
     reference_digest,
     sized_sample,
 )
-from shardcache.errors import BadSamplesError, SampleError, SplitError
-from shardcache.store import ensure_cache
+from support.samples import dataset_digest
 
 BAD = (3, 17)
 
@@ -66,9 +66,10 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("mode", list(EXPECTED))
-def test_bad_samples_are_reported_together_naming_each_item(tmp_path: Path, mode: str) -> None:
-    count_file = tmp_path / "decodes.log"
-    message = _fail(tmp_path, BadLoader(count_file, mode, BAD), parallel=-1)
+def test_bad_samples_are_reported_together_naming_each_item(
+    tmp_path: Path, decode_log: Path, cache_dir: Path, mode: str
+) -> None:
+    message = _fail(tmp_path, BadLoader(decode_log, mode, BAD), parallel=-1)
     lines = [
         f"train[{index}] (['img/00{index:02d}.png', {index % 3}]): "
         + EXPECTED[mode].format(index=index)
@@ -77,13 +78,13 @@ def test_bad_samples_are_reported_together_naming_each_item(tmp_path: Path, mode
     assert message == (
         f"2 of {N_ITEMS} items of subset 'train' could not be decoded:\n  " + "\n  ".join(lines)
     )
-    assert count_decodes(count_file) == N_ITEMS  # it went on past the first failure
-    assert published(tmp_path / "cache") == []
+    assert decode_count(decode_log) == N_ITEMS  # it went on past the first failure
+    assert published(cache_dir) == []
     # A second run trusts nothing of it: it decodes the bad items again and fails the same.
-    assert _fail(tmp_path, BadLoader(count_file, mode, BAD), parallel=-1) == message
-    assert count_decodes(count_file) == N_ITEMS + len(BAD)
-    assert published(tmp_path / "cache") == []
-    assert leftovers(tmp_path / "cache") == []
+    assert _fail(tmp_path, BadLoader(decode_log, mode, BAD), parallel=-1) == message
+    assert decode_count(decode_log) == N_ITEMS + len(BAD)
+    assert published(cache_dir) == []
+    assert leftovers(cache_dir) == []
 
 
 @pytest.mark.slow
@@ -92,7 +93,7 @@ def test_bad_samples_from_worker_processes_read_the_same(tmp_path: Path, mode: s
     in_process = _fail(tmp_path / "a", BadLoader(tmp_path / "a.log", mode, BAD), parallel=-1)
     workers = _fail(tmp_path / "b", BadLoader(tmp_path / "b.log", mode, BAD), parallel=2)
     assert workers == in_process
-    assert count_decodes(tmp_path / "b.log") == N_ITEMS
+    assert decode_count(tmp_path / "b.log") == N_ITEMS
 
 
 @pytest.mark.slow
@@ -104,17 +105,19 @@ def test_bad_samples_from_spawned_workers_read_the_same(
     monkeypatch.setenv("SHARDCACHE_START_METHOD", "spawn")
     spawned = _fail(tmp_path / "b", BadLoader(tmp_path / "b.log", "open_file", BAD), parallel=2)
     assert spawned == in_process
-    workers = {line.split("\t")[1] for line in (tmp_path / "b.log").read_text().splitlines()}
+    workers = {decode.pid for decode in decodes(tmp_path / "b.log")}
     assert len(workers) == 2  # decoded in the two spawned workers, not here
-    assert str(__import__("os").getpid()) not in workers
+    assert os.getpid() not in workers
 
 
 @pytest.mark.parametrize("parallel", [-1, 2])
-def test_many_bad_samples_give_a_bounded_list_with_a_count(tmp_path: Path, parallel: int) -> None:
+def test_many_bad_samples_give_a_bounded_list_with_a_count(
+    decode_log: Path, cache_dir: Path, parallel: int
+) -> None:
     bad = range(5, 35)
-    loader = BadLoader(tmp_path / "decodes.log", "non_tensor", bad)
+    loader = BadLoader(decode_log, "non_tensor", bad)
     with pytest.raises(BadSamplesError) as caught:
-        ensure_cache(tmp_path / "cache", "train", make_items(), loader, parallel=parallel)
+        ensure_cache(cache_dir, "train", make_items(), loader, parallel=parallel)
     message = str(caught.value)
     assert message.startswith(f"30 of {N_ITEMS} items of subset 'train' could not be decoded:\n")
     listed = re.findall(r"^  train\[(\d+)\] ", message, flags=re.MULTILINE)
@@ -124,30 +127,32 @@ def test_many_bad_samples_give_a_bounded_list_with_a_count(tmp_path: Path, paral
 
 
 @pytest.mark.parametrize("parallel", [-1, 2])
-def test_an_item_that_is_not_json_is_refused_before_decoding(tmp_path: Path, parallel: int) -> None:
+def test_an_item_that_is_not_json_is_refused_before_decoding(
+    decode_log: Path, cache_dir: Path, parallel: int
+) -> None:
     items = make_items()
     odd = object()
     items[5] = odd  # type: ignore[call-overload]
-    loader = SlowLoader(tmp_path / "decodes.log")
+    loader = SlowLoader(decode_log)
     with pytest.raises(SplitError) as caught:
-        ensure_cache(tmp_path / "cache", "train", items, loader, parallel=parallel)
+        ensure_cache(cache_dir, "train", items, loader, parallel=parallel)
     assert str(caught.value).startswith(
         f"train[5] ({odd!r}): split items must be JSON values (str, number, list, dict with "
         "string keys)"
     )
-    assert count_decodes(tmp_path / "decodes.log") == 0
-    assert not (tmp_path / "cache").exists() or published(tmp_path / "cache") == []
+    assert decode_count(decode_log) == 0
+    assert not (cache_dir).exists() or published(cache_dir) == []
 
 
-def test_an_empty_subset_is_refused(tmp_path: Path) -> None:
-    loader = SlowLoader(tmp_path / "decodes.log")
+def test_an_empty_subset_is_refused(decode_log: Path, cache_dir: Path) -> None:
+    loader = SlowLoader(decode_log)
     with pytest.raises(SplitError, match="subset 'train' is empty"):
-        ensure_cache(tmp_path / "cache", "train", [], loader)
+        ensure_cache(cache_dir, "train", [], loader)
 
 
-def test_nan_inf_and_negative_zero_are_stored_faithfully(tmp_path: Path) -> None:
-    loader = SlowLoader(tmp_path / "decodes.log")
-    dataset = ensure_cache(tmp_path / "cache", "train", make_items(), loader, shard_bytes=2048)
+def test_nan_inf_and_negative_zero_are_stored_faithfully(decode_log: Path, cache_dir: Path) -> None:
+    loader = SlowLoader(decode_log)
+    dataset = ensure_cache(cache_dir, "train", make_items(), loader, shard_bytes=2048)
     tensor, metadata = dataset[3]  # see reference_sample: index % 7 == 3
     head = tensor[0, 0, :4]
     assert math.isnan(head[0])
@@ -160,11 +165,13 @@ def test_nan_inf_and_negative_zero_are_stored_faithfully(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("parallel", [-1, 2])
-def test_samples_larger_than_a_shard_get_a_shard_each(tmp_path: Path, parallel: int) -> None:
+def test_samples_larger_than_a_shard_get_a_shard_each(
+    decode_log: Path, cache_dir: Path, parallel: int
+) -> None:
     items = make_items(12)
-    loader = SizedLoader(tmp_path / "decodes.log", small=64 << 10, large=64 << 10)
+    loader = SizedLoader(decode_log, small=64 << 10, large=64 << 10)
     dataset = ensure_cache(
-        tmp_path / "cache", "train", items, loader, parallel=parallel, shard_bytes=16 << 10
+        cache_dir, "train", items, loader, parallel=parallel, shard_bytes=16 << 10
     )
     assert [(s.start, s.stop) for s in dataset.manifest.shards] == [(i, i + 1) for i in range(12)]
     expected = reference_digest(items, lambda item: sized_sample(item, 64 << 10, 64 << 10, 0))

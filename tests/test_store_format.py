@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from _store_helpers import dataset_differences, sample_differences
 from shardcache import __version__
 from shardcache.store import FORMAT_VERSION, CacheDataset, Manifest, ensure_cache
 from shardcache.store.header import file_digest
 from shardcache.tiers.none import RawDataset
+from support.samples import dataset_differences, sample_differences
 
 ITEMS = [["a", 0], ["b", 1]]
 WEIGHTS = torch.arange(1024) % 256
@@ -77,8 +77,8 @@ GOLDEN_DATA = bytes.fromhex("0000c03f000000c0" + "01020304" + "0100") + bytes(WE
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> CacheDataset:
-    return ensure_cache(tmp_path / "cache", "train", ITEMS, GoldenLoader())
+def cache(cache_dir: Path) -> CacheDataset:
+    return ensure_cache(cache_dir, "train", ITEMS, GoldenLoader())
 
 
 def test_the_cache_directory_holds_exactly_the_format_files(cache: CacheDataset) -> None:
@@ -159,7 +159,7 @@ def test_the_manifest_schema_is_pinned(cache: CacheDataset) -> None:
     assert FORMAT_VERSION == 2
 
 
-def test_a_loader_without_fingerprint_records_class_source_and_attributes(tmp_path: Path) -> None:
+def test_a_loader_without_fingerprint_records_class_source_and_attributes(cache_dir: Path) -> None:
     class Plain(GoldenLoader):
         fingerprint = None  # type: ignore[assignment]
 
@@ -167,7 +167,7 @@ def test_a_loader_without_fingerprint_records_class_source_and_attributes(tmp_pa
             self.size = 2
             self._private = object()
 
-    dataset = ensure_cache(tmp_path / "cache", "train", ITEMS, Plain())
+    dataset = ensure_cache(cache_dir, "train", ITEMS, Plain())
     loader = json.loads((dataset.path / "manifest.json").read_text())["key_inputs"]["loader"]
 
     assert sorted(loader) == ["attributes", "class", "source_sha256"]

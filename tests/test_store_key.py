@@ -17,17 +17,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from _store_helpers import (
-    AttributeLoader,
-    CountingLoader,
-    FingerprintLoader,
-    decode_count,
-    simple_items,
-    subprocess_env,
-)
 from shardcache import CachingDataModule, FingerprintError, SplitError
 from shardcache.store import FORMAT_VERSION, cache_key, loader_identity
 from shardcache.store.key import canonical_json
+from support.decodes import decode_count
+from support.loaders import AttributeLoader, FingerprintLoader, SeededLoader, make_items
+from support.processes import subprocess_env
 
 json_scalars = (
     st.none()
@@ -57,12 +52,30 @@ def key_of(items: list[Any], attributes: dict[str, Any], subset: str = "train") 
 # ---- stable across processes ----------------------------------------------------------------
 
 
+KEY_SERVER = """
+import json, sys
+
+from shardcache.store import cache_key
+from support.loaders import AttributeLoader
+
+for line in sys.stdin:
+    request = json.loads(line)
+    loader = AttributeLoader(**request["attributes"])
+    digest = cache_key(request["subset"], request["items"], loader).digest
+    print(json.dumps({"digest": digest, "str_hash": hash("shardcache")}), flush=True)
+"""
+
+
 class KeyServer:
-    """A Python process with its own PYTHONHASHSEED that computes keys on request."""
+    """A Python process with its own PYTHONHASHSEED that computes keys on request.
+
+    Each request is a JSON line ``{"subset", "items", "attributes"}``; the answer has the key
+    and ``hash()`` of a string, which that seed salts, to show the processes really differ.
+    """
 
     def __init__(self, hash_seed: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "import _store_helpers; _store_helpers.key_server()"],
+            [sys.executable, "-c", KEY_SERVER],
             env=subprocess_env(PYTHONHASHSEED=hash_seed),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -173,7 +186,7 @@ def test_dict_key_order_does_not_change_the_key(
 
 
 def test_the_key_covers_the_format_version_and_not_the_subset_name() -> None:
-    items = simple_items(3)
+    items = make_items(3)
     key = cache_key("train", items, AttributeLoader(size=4))
 
     assert key.inputs["format_version"] == FORMAT_VERSION
@@ -215,12 +228,10 @@ def test_a_fingerprint_that_is_not_a_string_is_refused() -> None:
 # ---- unhashable splits and loaders ----------------------------------------------------------
 
 
-def test_an_unhashable_item_names_the_subset_index_and_fix(tmp_path: Path) -> None:
+def test_an_unhashable_item_names_the_subset_index_and_fix(tmp_path: Path, cache_dir: Path) -> None:
     log = tmp_path / "log"
     split = {"train": [["a.png", 0], ["b.png", 1], object()]}
-    datamodule = CachingDataModule(
-        split, CountingLoader(log), cache="disk", cache_dir=tmp_path / "cache"
-    )
+    datamodule = CachingDataModule(split, SeededLoader(log), cache="disk", cache_dir=cache_dir)
 
     with pytest.raises(SplitError) as raised:
         datamodule.prepare_data()
@@ -248,19 +259,21 @@ def test_other_non_json_items_are_split_errors(item: Any, shown: str) -> None:
     assert shown in str(raised.value)
 
 
-def test_a_lambda_attribute_names_the_attribute_and_suggests_fingerprint(tmp_path: Path) -> None:
+def test_a_lambda_attribute_names_the_attribute_and_suggests_fingerprint(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     log = tmp_path / "log"
-    loader = CountingLoader(log)
+    loader = SeededLoader(log)
     loader.augment = lambda x: x  # type: ignore[attr-defined]
     datamodule = CachingDataModule(
-        {"train": simple_items(2)}, loader, cache="disk", cache_dir=tmp_path / "cache"
+        {"train": make_items(2)}, loader, cache="disk", cache_dir=cache_dir
     )
 
     with pytest.raises(FingerprintError) as raised:
         datamodule.prepare_data()
 
     message = str(raised.value)
-    assert "CountingLoader.augment" in message
+    assert "SeededLoader.augment" in message
     assert "function" in message
     assert "fingerprint() -> str" in message
     assert "prefix its name with '_'" in message
@@ -268,10 +281,10 @@ def test_a_lambda_attribute_names_the_attribute_and_suggests_fingerprint(tmp_pat
 
 
 def test_a_private_lambda_attribute_is_ignored(tmp_path: Path) -> None:
-    loader = CountingLoader(tmp_path / "log")
+    loader = SeededLoader(tmp_path / "log")
     loader._augment = lambda x: x  # type: ignore[attr-defined]
 
     assert (
         cache_key("train", ["a"], loader).digest
-        == cache_key("train", ["a"], CountingLoader(tmp_path / "log")).digest
+        == cache_key("train", ["a"], SeededLoader(tmp_path / "log")).digest
     )

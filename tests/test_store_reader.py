@@ -16,22 +16,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from _store_helpers import (
-    DEADLINE,
-    CountingLoader,
-    RichLoader,
-    dataset_differences,
-    rich_items,
-    simple_items,
-    tensor_bytes,
-    wait_for,
-    zero_in_place_keep_input,
-    zero_served_sample,
-)
 from shardcache import CachingDataModule, CorruptCacheError
 from shardcache.store import CacheDataset, ensure_cache
 from shardcache.store.header import file_digest
 from shardcache.tiers.none import RawDataset
+from support.loaders import (
+    RichLoader,
+    SeededLoader,
+    make_items,
+    rich_items,
+    zero_in_place_keep_input,
+    zero_served_sample,
+)
+from support.processes import DEADLINE, wait_for
+from support.samples import dataset_differences, tensor_bytes
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc"
@@ -73,21 +71,23 @@ def recorded_checksums(dataset: CacheDataset) -> dict[str, str]:
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> CacheDataset:
-    loader = CountingLoader(tmp_path / "decodes.log", side=SIDE)
-    return ensure_cache(tmp_path / "cache", "train", simple_items(8), loader)
+def cache(decode_log: Path, cache_dir: Path) -> CacheDataset:
+    loader = SeededLoader(decode_log, side=SIDE)
+    return ensure_cache(cache_dir, "train", make_items(8), loader)
 
 
 def expected_samples(tmp_path: Path, count: int = 8) -> list[Any]:
-    raw = RawDataset("train", simple_items(count), CountingLoader(tmp_path / "x", side=SIDE))
+    raw = RawDataset("train", make_items(count), SeededLoader(tmp_path / "x", side=SIDE))
     return [raw[index] for index in range(count)]
 
 
 # ---- zero-copy ----------------------------------------------------------------------------
 
 
-def test_samples_and_metadata_tensors_are_views_into_a_private_mapping(tmp_path: Path) -> None:
-    dataset = ensure_cache(tmp_path / "cache", "train", rich_items(6), RichLoader(tmp_path / "l"))
+def test_samples_and_metadata_tensors_are_views_into_a_private_mapping(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    dataset = ensure_cache(cache_dir, "train", rich_items(6), RichLoader(tmp_path / "l"))
     (shard,) = shard_paths(dataset)
     tensor, metadata = dataset[3]
     again, _ = dataset[3]
@@ -155,15 +155,23 @@ def test_an_in_place_write_to_a_view_reaches_neither_the_file_nor_another_proces
     assert tensor_bytes(CacheDataset(cache.path)[0][0]) == original
 
 
-def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(tmp_path: Path) -> None:
-    datamodule = CachingDataModule(
-        {"train": simple_items(8)},
-        CountingLoader(tmp_path / "decodes.log", side=SIDE),
+def zeroing_datamodule(log: Path, cache_dir: Path, **options: Any) -> CachingDataModule:
+    """The disk tier with a model transform that zeroes each served tensor in place."""
+    return CachingDataModule(
+        {"train": make_items(8)},
+        SeededLoader(log, side=SIDE),
         model_transforms=[zero_in_place_keep_input],
         batch_size=4,
         cache="disk",
-        cache_dir=tmp_path / "cache",
+        cache_dir=cache_dir,
+        **options,
     )
+
+
+def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
+    datamodule = zeroing_datamodule(decode_log, cache_dir)
     datamodule.setup("fit")
     loader = datamodule.unshuffled_train_dataloader()
     dataset = loader.dataset.dataset  # under the TransformedDataset
@@ -179,16 +187,10 @@ def test_an_in_place_model_transform_leaves_the_next_epoch_untouched(tmp_path: P
 @pytest.mark.slow
 def test_in_place_writes_in_workers_leave_the_cache_and_the_parent_untouched(
     tmp_path: Path,
+    decode_log: Path,
+    cache_dir: Path,
 ) -> None:
-    datamodule = CachingDataModule(
-        {"train": simple_items(8)},
-        CountingLoader(tmp_path / "decodes.log", side=SIDE),
-        model_transforms=[zero_in_place_keep_input],
-        batch_size=4,
-        parallel=2,
-        cache="disk",
-        cache_dir=tmp_path / "cache",
-    )
+    datamodule = zeroing_datamodule(decode_log, cache_dir, parallel=2)
     datamodule.setup("fit")
     loader = datamodule.unshuffled_train_dataloader()
     dataset = loader.dataset.dataset
@@ -223,7 +225,7 @@ def test_labels_come_from_the_manifest_without_touching_a_shard(
 
     labels = dataset.labels()
 
-    assert labels == [item[1] for item in simple_items(8)]
+    assert labels == [item[1] for item in make_items(8)]
     assert all(mappings_of(shard) == [] for shard in shards)
     with pytest.raises(CorruptCacheError, match="shard is missing"):
         dataset[0]
