@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from ..core.units import format_size
 from ..store.inventory import DAMAGED, PUBLISHED, CacheEntry, scan
@@ -16,6 +14,9 @@ from ..store.verification import verify_cache
 from . import render
 from .arguments import NAME_HELP, resolve_names
 from .base import EXIT_OK, EXIT_PROBLEMS, add_command
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def register(
@@ -90,6 +91,7 @@ def _summary(reports: list[dict[str, Any]], repair: bool) -> str:
 
 def run(args: argparse.Namespace, cache_dir: Path) -> int:
     """Verify the chosen caches (default: all) and report each."""
+    from tqdm import tqdm  # here, not at the top: every other subcommand starts without it
     entries = scan(cache_dir)
     chosen = resolve_names(entries, args.names) if args.names else entries
     targets = [entry for entry in chosen if entry.state in {PUBLISHED, DAMAGED}]
