@@ -22,56 +22,9 @@ from hypothesis import strategies as st
 from torchvision import tv_tensors
 
 from shardcache import BadSamplesError, CachingDataModule, SampleError
+from support.samples import sample_differences
 
 TIERS = ("none", "memory", "disk")
-
-
-# --- comparing served samples, type for type and bit for bit ---------------------------------
-
-
-def _bits(tensor: torch.Tensor) -> bytes:
-    plain = tensor.as_subclass(torch.Tensor).detach().contiguous().reshape(-1)
-    return plain.view(torch.uint8).numpy().tobytes() if plain.numel() else b""
-
-
-def differences(expected: Any, actual: Any, where: str = "sample") -> list[str]:
-    """What differs between two served samples: types, tv_tensor attributes, bits, keys."""
-    if type(expected) is not type(actual):
-        return [f"{where}: {type(actual).__name__} instead of {type(expected).__name__}"]
-    if isinstance(expected, torch.Tensor):
-        found = [
-            f"{where}.{name}: {getattr(actual, name, None)!r}"
-            for name in ("format", "canvas_size", "clamping_mode")
-            if getattr(expected, name, None) != getattr(actual, name, None)
-        ]
-        if (expected.dtype, expected.shape) != (actual.dtype, actual.shape):
-            found.append(f"{where}: {actual.dtype} {tuple(actual.shape)} instead of ")
-            found[-1] += f"{expected.dtype} {tuple(expected.shape)}"
-        elif _bits(expected) != _bits(actual):
-            found.append(f"{where}: tensor bits differ")
-        return found
-    if isinstance(expected, dict):
-        if list(expected) != list(actual):
-            return [f"{where}: keys {list(actual)} instead of {list(expected)}"]
-        return [
-            d
-            for key in expected
-            for d in differences(expected[key], actual[key], f"{where}[{key!r}]")
-        ]
-    if isinstance(expected, list | tuple):
-        if len(expected) != len(actual):
-            return [f"{where}: {len(actual)} elements instead of {len(expected)}"]
-        return [
-            d
-            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
-            for d in differences(e, a, f"{where}[{i}]")
-        ]
-    if isinstance(expected, float):
-        same = (math.isnan(expected) and math.isnan(actual)) or (
-            expected == actual and math.copysign(1, expected) == math.copysign(1, actual)
-        )
-        return [] if same else [f"{where}: {actual!r} != {expected!r}"]
-    return [] if expected == actual else [f"{where}: {actual!r} != {expected!r}"]
 
 
 def served(
@@ -246,10 +199,10 @@ def test_dict_samples_with_tv_tensors_are_served_alike_by_every_tier(
     expected = [DictLoader().sample(item) for item in split["train"]]
     for tier in TIERS:
         samples = served(tier, split, DictLoader(), tmp_path / "cache", parallel=parallel)
-        assert differences(expected, samples, tier) == []
+        assert sample_differences(expected, samples, tier) == []
     # A second run finds the cache and serves the same, classes and attributes included.
     again = served("disk", split, DictLoader(), tmp_path / "cache")
-    assert differences(expected, again, "disk, found") == []
+    assert sample_differences(expected, again, "disk, found") == []
     assert type(again[1]["boxes"]) is tv_tensors.BoundingBoxes
     assert again[1]["boxes"].format is tv_tensors.BoundingBoxFormat.CXCYWH
     assert again[1]["boxes"].canvas_size == (6, 5)
@@ -299,10 +252,11 @@ def test_a_zero_size_tensor_never_takes_its_neighbours_data(tmp_path: Path, tier
     datamodule.setup("fit")
     batches = list(datamodule.unshuffled_train_dataloader())  # batch_size 1: ragged boxes
     for index, (tensor, metadata) in enumerate(batches):
-        assert differences(expected[index][0], tensor[0], f"[{index}]") == []
+        assert sample_differences(expected[index][0], tensor[0], f"[{index}]") == []
         for name in ("boxes", "labels", "empty_image", "scalar"):
             assert (
-                differences(expected[index][1][name], metadata[name][0], f"[{index}] {name}") == []
+                sample_differences(expected[index][1][name], metadata[name][0], f"[{index}] {name}")
+                == []
             )
 
 
@@ -424,4 +378,4 @@ def test_random_samples_round_trip_through_every_tier(
     expected = served("none", split, ListLoader(given_samples, "x"), cache_dir)
     for tier in ("memory", "disk"):
         loader = ListLoader(given_samples, str(cache_dir))
-        assert differences(expected, served(tier, split, loader, cache_dir), tier) == []
+        assert sample_differences(expected, served(tier, split, loader, cache_dir), tier) == []

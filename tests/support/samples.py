@@ -1,10 +1,11 @@
 """Comparing samples bit for bit and type for type, and one digest of a whole dataset.
 
-A sample is a ``(tensor, metadata)`` pair. Two samples are equal when every tensor has the
-same dtype, shape and bytes (so NaN payloads, -0.0 and subnormals count) and every metadata
-value the same type and value, keys in the same order. `sample_differences` says what
-differs; `samples_digest` folds the same comparison into one SHA-256, for samples served in
-another process (a child reports the digest, the test compares it with its own).
+A sample is a ``(tensor, metadata)`` pair or a dict. Two samples are equal when every tensor
+has the same class (tv_tensors included, with their attributes), dtype, shape and bytes (so
+NaN payloads, -0.0 and subnormals count) and every other value the same type and value, keys
+in the same order. `sample_differences` says what differs; `samples_digest` folds the same
+comparison into one SHA-256, for samples served in another process (a child reports the
+digest, the test compares it with its own).
 """
 
 from __future__ import annotations
@@ -12,16 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
+TV_ATTRIBUTES = ("format", "canvas_size", "clamping_mode")
+"""What a tv_tensor carries beside its data (the ones that have them)."""
+
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
     """The raw bytes of ``tensor``'s elements in row-major order."""
-    flat = tensor.detach().reshape(-1).contiguous()
-    return flat.view(torch.uint8).numpy().tobytes()
+    flat = tensor.detach().as_subclass(torch.Tensor).reshape(-1).contiguous()
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def _attributes(tensor: torch.Tensor) -> dict[str, str]:
+    return {name: repr(getattr(tensor, name)) for name in TV_ATTRIBUTES if hasattr(tensor, name)}
 
 
 # ---- differences ------------------------------------------------------------------------
@@ -31,6 +39,8 @@ def _value_differences(expected: Any, actual: Any, where: str) -> list[str]:
     if type(expected) is not type(actual):
         return [f"{where}: {type(actual).__name__} instead of {type(expected).__name__}"]
     if isinstance(expected, torch.Tensor):
+        if _attributes(expected) != _attributes(actual):
+            return [f"{where}: attributes {_attributes(actual)} instead of {_attributes(expected)}"]
         if (expected.dtype, expected.shape) != (actual.dtype, actual.shape):
             return [
                 f"{where}: {actual.dtype} {tuple(actual.shape)} instead of "
@@ -47,7 +57,7 @@ def _value_differences(expected: Any, actual: Any, where: str) -> list[str]:
             for key in expected
             for difference in _value_differences(expected[key], actual[key], f"{where}[{key!r}]")
         ]
-    if isinstance(expected, list):
+    if isinstance(expected, list | tuple):
         if len(expected) != len(actual):
             return [f"{where}: {len(actual)} elements instead of {len(expected)}"]
         return [
@@ -63,15 +73,12 @@ def _value_differences(expected: Any, actual: Any, where: str) -> list[str]:
     return [] if expected == actual else [f"{where}: {actual!r} != {expected!r}"]
 
 
-def sample_differences(
-    expected: Sequence[Any], actual: Sequence[Any], where: str = ""
-) -> list[str]:
-    """What differs between two ``(tensor, metadata)`` samples, bit for bit and type for type."""
-    if len(actual) != 2:
-        return [f"{where}: not a (tensor, metadata) pair"]
-    return _value_differences(expected[0], actual[0], f"{where} tensor") + _value_differences(
-        expected[1], actual[1], f"{where} metadata"
-    )
+def sample_differences(expected: Any, actual: Any, where: str = "sample") -> list[str]:
+    """What differs between two samples (pairs, dicts, or any value), bit for bit and type
+    for type; empty when they are the same."""
+    if isinstance(expected, tuple) and isinstance(actual, list) and len(actual) == len(expected):
+        actual = tuple(actual)  # a DataLoader with batch_size=None passes pairs on as lists
+    return _value_differences(expected, actual, where)
 
 
 def dataset_differences(expected: Any, actual: Any) -> list[str]:
@@ -92,19 +99,26 @@ def _canonical(value: Any) -> Any:
     """``value`` as JSON that keeps every type, the order of keys and the bits of tensors."""
     if isinstance(value, torch.Tensor):
         digest = hashlib.sha256(tensor_bytes(value)).hexdigest()
-        return {"dtype": str(value.dtype), "shape": list(value.shape), "sha256": digest}
+        return {
+            "class": type(value).__name__,
+            "attributes": _attributes(value),
+            "dtype": str(value.dtype),
+            "shape": list(value.shape),
+            "sha256": digest,
+        }
     if isinstance(value, dict):
         return {"dict": [[key, _canonical(element)] for key, element in value.items()]}
-    if isinstance(value, list):
-        return [_canonical(element) for element in value]
+    if isinstance(value, list | tuple):
+        return {type(value).__name__: [_canonical(element) for element in value]}
     return {type(value).__name__: repr(value)}  # repr: nan, -0.0, 1 and 1.0 stay apart
 
 
-def samples_digest(samples: Iterable[Sequence[Any]], labels: Iterable[Any] = ()) -> str:
-    """One SHA-256 over each sample's dtypes, shapes, bytes and typed metadata, then labels."""
+def samples_digest(samples: Iterable[Any], labels: Iterable[Any] = ()) -> str:
+    """One SHA-256 over each sample's structure, classes, dtypes, shapes, bytes and typed
+    values, then the labels."""
     hasher = hashlib.sha256()
-    for tensor, metadata in samples:
-        hasher.update(json.dumps([_canonical(tensor), _canonical(metadata)]).encode())
+    for sample in samples:
+        hasher.update(json.dumps(_canonical(sample)).encode())
     hasher.update(json.dumps(_canonical(list(labels))).encode())
     return hasher.hexdigest()
 
