@@ -109,3 +109,60 @@ def test_a_larger_batch_gets_a_larger_buffer() -> None:
     del small  # the slot is free again
     large, _ = collator([(torch.full((5,), 7.0), {"i": 2}), (torch.full((5,), 8.0), {"i": 3})])
     assert torch.equal(large, torch.tensor([[7.0] * 5, [8.0] * 5]))
+
+
+class DictSamples(Dataset[dict[str, object]]):
+    """mednet-like dict samples: two same-shape tensor fields, a ragged one, and values."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        return {
+            "image": torch.full((3, 4), float(index)),
+            "target": torch.tensor([index % 2], dtype=torch.float32),
+            "meta": {"name": f"s{index}", "mask": torch.ones(2, 2, dtype=torch.bool)},
+            "index": index,
+        }
+
+
+def test_dict_samples_pool_every_tensor_field_into_one_buffer() -> None:
+    collator = BatchCollator(0, persistent_workers=False)
+    samples = [DictSamples()[index] for index in range(8)]
+    batch = collator(samples)
+    expected = default_collate(samples)
+    assert list(batch) == list(expected)
+    for name in ("image", "target"):
+        assert torch.equal(batch[name], expected[name])
+        assert batch[name].dtype == expected[name].dtype
+    assert torch.equal(batch["meta"]["mask"], expected["meta"]["mask"])
+    assert batch["meta"]["name"] == expected["meta"]["name"]
+    assert torch.equal(batch["index"], expected["index"])
+    storages = {batch[name].untyped_storage().data_ptr() for name in ("image", "target")}
+    storages.add(batch["meta"]["mask"].untyped_storage().data_ptr())
+    assert len(storages) == 1  # one buffer for the whole batch
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_held_batches_keep_their_data_and_their_slots_get_new_buffers(workers: int) -> None:
+    collator = BatchCollator(workers, workers > 0)
+    loader = DataLoader(
+        DictSamples(),
+        batch_size=4,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=collator,
+    )
+    held = []
+    for epoch in range(12):  # a callback that keeps one batch now and then
+        for number, batch in enumerate(loader):
+            assert torch.equal(batch["image"][:, 0, 0], batch["index"].to(torch.float32))
+            if (epoch * 6 + number) % 5 == 0:
+                held.append(batch)
+    for batch in held:
+        assert torch.equal(
+            batch["image"], batch["index"].to(torch.float32)[:, None, None].expand(-1, 3, 4)
+        )
+    if workers == 0:
+        # Held batches retired their slots: every other batch still came from a lent buffer.
+        assert collator.fresh_batches == 0

@@ -13,7 +13,7 @@ import pytest
 
 from shardcache.tiers.none import RawDataset
 from support.decodes import decode_count
-from support.loaders import SeededLoader, make_items
+from support.loaders import DictImageLoader, SeededLoader, make_items
 from support.processes import run_python, subprocess_env
 from support.samples import dataset_digest
 
@@ -28,8 +28,12 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from shardcache import CachingDataModule
-from support.loaders import SeededLoader, make_items
+from support.loaders import DictImageLoader, SeededLoader, make_items
 from support.samples import dataset_digest
+
+
+def images(batch):
+    return batch["image"] if isinstance(batch, dict) else batch[0]
 
 
 class Model(lightning.LightningModule):
@@ -39,12 +43,10 @@ class Model(lightning.LightningModule):
         self.out_dir = out_dir
 
     def training_step(self, batch, batch_index):
-        tensor, _ = batch
-        return self.layer(tensor.flatten(1)).mean()
+        return self.layer(images(batch).flatten(1)).mean()
 
     def validation_step(self, batch, batch_index):
-        tensor, _ = batch
-        self.layer(tensor.flatten(1))
+        self.layer(images(batch).flatten(1))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -66,11 +68,10 @@ class Model(lightning.LightningModule):
 
 
 def main():
-    cache_dir, log, out_dir, train, validation = sys.argv[1:6]
+    cache_dir, log, out_dir, train, validation, kind = sys.argv[1:7]
     split = {"train": make_items(int(train)), "validation": make_items(int(validation), "val")}
-    datamodule = CachingDataModule(
-        split, SeededLoader(log), batch_size=4, cache="disk", cache_dir=cache_dir
-    )
+    loader = DictImageLoader(log) if kind == "dict" else SeededLoader(log)
+    datamodule = CachingDataModule(split, loader, batch_size=4, cache="disk", cache_dir=cache_dir)
     trainer = lightning.Trainer(
         accelerator="cpu",
         devices=2,
@@ -102,14 +103,16 @@ DISTRIBUTED_VARIABLES = (
 )
 
 
-def run_job(script: Path, cache_dir: Path, log: Path, out_dir: Path) -> list[dict[str, object]]:
+def run_job(
+    script: Path, cache_dir: Path, log: Path, out_dir: Path, kind: str
+) -> list[dict[str, object]]:
     """Run one 2-rank job; return each rank's report, by rank."""
     out_dir.mkdir()
     env = subprocess_env()
     for name in DISTRIBUTED_VARIABLES:  # a fresh job, whatever this process inherited
         env.pop(name, None)
     result = run_python(
-        script, cache_dir, log, out_dir, TRAIN, VALIDATION, env=env, cwd=out_dir, timeout=240
+        script, cache_dir, log, out_dir, TRAIN, VALIDATION, kind, env=env, cwd=out_dir, timeout=240
     )
     assert result.returncode == 0, result.stderr[-4000:]
     reports = [json.loads(path.read_text()) for path in sorted(out_dir.glob("rank-*.json"))]
@@ -118,22 +121,22 @@ def run_job(script: Path, cache_dir: Path, log: Path, out_dir: Path) -> list[dic
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pair", "dict"])
 def test_two_ddp_ranks_decode_each_item_once_and_serve_equal_data(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, kind: str
 ) -> None:
     script = tmp_path / "job.py"
     script.write_text(JOB)
+    loader = DictImageLoader(tmp_path / "x") if kind == "dict" else SeededLoader(tmp_path / "x")
     expected = {
-        "train": dataset_digest(
-            RawDataset("train", make_items(TRAIN), SeededLoader(tmp_path / "x"))
-        ),
+        "train": dataset_digest(RawDataset("train", make_items(TRAIN), loader)),
         "validation": dataset_digest(
-            RawDataset("validation", make_items(VALIDATION, "val"), SeededLoader(tmp_path / "x"))
+            RawDataset("validation", make_items(VALIDATION, "val"), loader)
         ),
     }
 
-    first = run_job(script, cache_dir, tmp_path / "first.log", tmp_path / "first")
-    second = run_job(script, cache_dir, tmp_path / "second.log", tmp_path / "second")
+    first = run_job(script, cache_dir, tmp_path / "first.log", tmp_path / "first", kind)
+    second = run_job(script, cache_dir, tmp_path / "second.log", tmp_path / "second", kind)
 
     decodes = (decode_count(tmp_path / "first.log"), decode_count(tmp_path / "second.log"))
     assert decodes == (TRAIN + VALIDATION, 0)

@@ -235,3 +235,16 @@ def test_image_file_loader_serves_integers_or_floats_scaled_by_bit_depth(tmp_pat
     assert _bits(as_float[0]) == _bits(torch.from_numpy(sixteen.astype(np.float32)) / 65535)
     with pytest.raises(ValueError, match=r"16.png decodes to torch.uint16, not dtype=torch.uint8"):
         ImageFileLoader(tmp_path, mode="unchanged", dtype=torch.uint8).sample(["16.png", 0])
+
+
+def test_narrow_false_stores_floats_as_they_are_and_serves_the_same(tmp_path: Path) -> None:
+    narrow = _datamodule("u8-div", "disk", tmp_path / "narrow")
+    wide = _datamodule("u8-div", "disk", tmp_path / "wide", narrow=False)
+    narrow_cache = narrow.unshuffled_train_dataloader().dataset.dataset
+    wide_cache = wide.unshuffled_train_dataloader().dataset.dataset
+    assert wide_cache.manifest.storage["narrow_tensors"] == 0
+    assert wide_cache.manifest.shard_options["narrowing"] is False
+    assert narrow_cache.manifest.storage["narrow_tensors"] == 12
+    assert all(_same(narrow_cache[i], wide_cache[i]) for i in range(12))
+    batches = zip(narrow.unshuffled_train_dataloader(), wide.unshuffled_train_dataloader())
+    assert all(_same(a, b) for a, b in batches)

@@ -61,6 +61,10 @@ class CachingDataModule(lightning.LightningDataModule):
         lock_timeout: seconds to wait for another process's build of the same cache.
         shard_bytes: target size of one shard file; default: a 32nd of the split's decoded
             size, between 4 and 64 MiB.
+        narrow: let the disk tier store a float tensor as 8- or 16-bit integers when
+            every value is exactly ``k / 255``, ``k / 65535`` or an integer (image data
+            loaded as floats): served bit for bit as loaded, 2-4x fewer bytes to store,
+            read and copy. False stores every tensor as the loader returned it.
         widen: where tensors that the disk tier stores narrow (8- or 16-bit data loaded as
             floats) become floats again: ``"host"`` (in the batch buffer) or ``"device"``
             (after the transfer to the accelerator: 4x less host-to-device traffic; batches
@@ -84,6 +88,7 @@ class CachingDataModule(lightning.LightningDataModule):
         cache_dir: str | PathLike[str] | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         shard_bytes: int | None = None,
+        narrow: bool = True,
         widen: Widen = "host",
     ) -> None:
         super().__init__()
@@ -105,6 +110,7 @@ class CachingDataModule(lightning.LightningDataModule):
         self.parallel = parallel
         self.lock_timeout = lock_timeout
         self.shard_bytes = shard_bytes
+        self.narrow = narrow
         self.widen: Widen = widen
         if widen == "device":
             # An instance attribute, not a method of the class: Lightning would otherwise
@@ -174,7 +180,7 @@ class CachingDataModule(lightning.LightningDataModule):
         return Subset(name, items, self.raw_data_loader, self.parallel)
 
     def _tier(self) -> Tier:
-        options = TierOptions(self.cache_dir, self.lock_timeout, self.shard_bytes)
+        options = TierOptions(self.cache_dir, self.lock_timeout, self.shard_bytes, self.narrow)
         return make_tier(self.cache, options)
 
     def prepare_data(self) -> None:

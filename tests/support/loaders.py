@@ -8,9 +8,9 @@ crash point) are private attributes (``_log``, ``_count_file``, ``_delay``...), 
 stay out of the key. Each decode is logged with `support.decodes.record_decode`.
 
 The families: `ValueLoader` and kin for the DataModule tests (a sample is filled with its
-item's value); `SeededLoader`, `FingerprintLoader`, `RichLoader` and `AttributeLoader` for
-the store tests; `SlowLoader`, `SizedLoader` and `BadLoader` for the fault tests (samples
-are `reference_sample`); `TinyLoader` for the CLI tests.
+item's value); `SeededLoader`, `DictImageLoader`, `FingerprintLoader`, `RichLoader` and
+`AttributeLoader` for the store tests; `SlowLoader`, `SizedLoader` and `BadLoader` for the
+fault tests (samples are `reference_sample`); `TinyLoader` for the CLI tests.
 """
 
 from __future__ import annotations
@@ -152,6 +152,27 @@ class SeededLoader:
 
     def label(self, item: Any) -> int:
         return int(item[1])
+
+
+class DictImageLoader:
+    """mednet-like dict samples: an 8-bit ``tv_tensors.Image`` scaled to floats (stored
+    narrow by the disk tier), a float ``target`` and a name; ``target()``, no ``label()``."""
+
+    def __init__(self, log: str | Path, side: int = 8) -> None:
+        self._log = str(log)
+        self.side = side
+
+    def sample(self, item: Any) -> dict[str, Any]:
+        from torchvision import tv_tensors
+
+        record_decode(self._log, item)
+        shape = (1, self.side, self.side)
+        pixels = torch.randint(0, 256, shape, generator=_generator(item), dtype=torch.uint8)
+        image = tv_tensors.Image(pixels.to(torch.float32).div_(255))
+        return {"image": image, "target": self.target(item), "name": item[0]}
+
+    def target(self, item: Any) -> torch.Tensor:
+        return torch.tensor([float(item[1] % 2)])
 
 
 class FingerprintLoader(SeededLoader):

@@ -92,6 +92,7 @@ def _summary(reports: list[dict[str, Any]], repair: bool) -> str:
 def run(args: argparse.Namespace, cache_dir: Path) -> int:
     """Verify the chosen caches (default: all) and report each."""
     from tqdm import tqdm  # here, not at the top: every other subcommand starts without it
+
     entries = scan(cache_dir)
     chosen = resolve_names(entries, args.names) if args.names else entries
     targets = [entry for entry in chosen if entry.state in {PUBLISHED, DAMAGED}]

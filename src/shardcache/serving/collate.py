@@ -87,6 +87,7 @@ class BatchCollator:
         self.pooled = num_workers == 0 or persistent_workers
         self.widen = widen
         self.pool = SlotPool(max(num_workers, 1) * SLOTS_PER_PROCESS, shared=num_workers > 0)
+        self.fresh_batches = 0  # this process's batches collated without a lent buffer
         _COLLATORS[self.id] = self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -106,6 +107,7 @@ class BatchCollator:
         process = 0 if worker is None else worker.id
         taken = self.pool.take(process, plan.total_bytes, in_process=not self.num_workers)
         if taken is None:  # every slot of this process is lent: a fresh batch, as usual
+            self.fresh_batches += 1
             return plan.collate(batch, None)
         slot, storage, is_new = taken
 

@@ -126,14 +126,16 @@ def ensure_cache(
     parallel: int = -1,
     shard_bytes: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    narrow: bool = True,
 ) -> CacheDataset:
     """Open ``subset``'s cache in ``cache_dir``, building it under the key's lock if needed.
 
     A published cache is opened without the lock (so a read-only cache directory works);
     a damaged one is discarded and rebuilt, or, when it cannot be removed, refused with an
-    error naming the file. ``shard_bytes`` is the shard size target (None: automatic).
+    error naming the file. ``shard_bytes`` is the shard size target (None: automatic);
+    ``narrow`` stores float tensors as 8- or 16-bit integers where that is exact.
     """
-    options = ShardOptions(target_bytes=shard_bytes)
+    options = ShardOptions(target_bytes=shard_bytes, narrowing=narrow)
     root = CacheRoot(Path(cache_dir))  # a str too: scripts without Lightning pass one
     key = cache_key(subset, items, loader)
     damage: CorruptCacheError | None = None

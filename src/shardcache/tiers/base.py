@@ -37,11 +37,13 @@ class TierOptions:
             directory), resolved when a cache is first needed.
         lock_timeout: seconds to wait for another process's build of the same cache.
         shard_bytes: target size of one shard file (None: automatic).
+        narrow: store float tensors as 8- or 16-bit integers where that is exact.
     """
 
     cache_dir: str | PathLike[str] | None = None
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     shard_bytes: int | None = None
+    narrow: bool = True
 
 
 class Tier(Protocol):

@@ -23,6 +23,7 @@ class DiskTier:
             parallel=subset.parallel,
             shard_bytes=self.options.shard_bytes,
             lock_timeout=self.options.lock_timeout,
+            narrow=self.options.narrow,
         )
 
     def prepare(self, subset: Subset) -> None:
