@@ -139,8 +139,16 @@ def _header_bytes(path: Path, read_at: ReadAt, size: int) -> bytes:
     if len(prefix) < 8:
         raise _corrupt(path, "shard is shorter than a safetensors header")
     (length,) = struct.unpack("<Q", prefix)
-    if length > min(MAX_HEADER_BYTES, size - 8):
-        raise _corrupt(path, f"shard header length {length} exceeds what the file holds")
+    if length > MAX_HEADER_BYTES:
+        raise _corrupt(
+            path,
+            f"shard header is {length} bytes, over safetensors' limit of {MAX_HEADER_BYTES} "
+            "(written by a shardcache that did not bound headers? `shardcache clear` it)",
+        )
+    if length > size - 8:
+        raise _corrupt(
+            path, f"shard header length {length} exceeds what the file holds ({size} bytes)"
+        )
     return read_at(8, length)
 
 
