@@ -155,6 +155,8 @@ class SlowLoader:
         crash_at_decode: ``os._exit(CRASH_EXIT)`` at this decode of this process (0: never).
     """
 
+    shardcache_key_ignores = ("_count_file", "_tag", "_delay", "_crash_at_decode", "_decoded")
+
     def __init__(
         self, count_file: str | Path, tag: str = "run", delay: float = 0.0, crash_at_decode: int = 0
     ) -> None:
@@ -191,6 +193,8 @@ class SizedLoader:
     A build's free-space estimate comes from its first samples, so small-then-large fools it.
     """
 
+    shardcache_key_ignores = ("_count_file", "_tag")
+
     def __init__(
         self,
         count_file: str | Path,
@@ -224,6 +228,8 @@ class BadLoader:
     ``non_dict`` (a string as metadata), ``open_file`` (an open file object as metadata),
     ``raises`` (the loader raises).
     """
+
+    shardcache_key_ignores = ("_count_file",)
 
     def __init__(self, count_file: str | Path, mode: str, bad: Sequence[int]) -> None:
         self.mode = mode

@@ -60,6 +60,8 @@ def decode_counts(log: str | Path) -> Counter[int]:
 class CountingLoader:
     """``sample([name, label, value])`` is a [1, 2, 2] float tensor of ``value``."""
 
+    shardcache_key_ignores = ("_log",)
+
     def __init__(self, log: str | Path) -> None:
         self._log = str(log)
 

@@ -75,6 +75,8 @@ class CountingLoader:
     Metadata is collatable (``label`` int, ``name`` str), so DataModule loaders batch it.
     """
 
+    shardcache_key_ignores = ("_log", "_delay")
+
     def __init__(
         self, log: str | Path, scale: float = 1.0, side: int = 8, delay: float = 0.0
     ) -> None:
@@ -123,6 +125,8 @@ def special_floats() -> torch.Tensor:
 
 class RichLoader:
     """Samples of several shapes and dtypes with tensor and nested JSON metadata."""
+
+    shardcache_key_ignores = ("_log",)
 
     def __init__(self, log: str | Path) -> None:
         self._log = str(log)

@@ -69,8 +69,54 @@ class PrivateCallableLoader:
         return 0
 
 
+class ReaderLoader:
+    """Holds an open file in a private attribute: nothing the key can describe."""
+
+    def __init__(self, path: str) -> None:
+        self._reader = Path(path).open("rb")  # noqa: SIM115 (closed by the test)
+
+    def sample(self, item: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        return torch.ones(1) * item, {"label": 0}
+
+    def label(self, item: int) -> int:
+        return 0
+
+
+class TypoIgnoresLoader(TinyLoader):
+    """Lists an attribute it does not have in ``shardcache_key_ignores`` (a typo of _log)."""
+
+    shardcache_key_ignores = ("_lgo",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = "decodes.log"
+
+
+class SelfCountingLoader(TinyLoader):
+    """Counts its own decodes in a private attribute: its attributes change while decoding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decoded = 0
+
+    def sample(self, item: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        self._decoded += 1
+        return super().sample(item)
+
+
+class Scale(torch.nn.Module):
+    """A transform with a buffer: multiplies a sample's tensor by ``factor``."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.tensor(factor))
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor * self.factor
+
+
 KEY_IGNORES = "shardcache_key_ignores"
-"""The class attribute naming attributes that do not change samples (proposed name)."""
+"""The class attribute naming attributes that do not change samples."""
 
 
 class DeclaredLogLoader:

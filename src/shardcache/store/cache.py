@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.errors import CacheDirError, CorruptCacheError
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
-from ..core.types import RawDataLoader
+from ..core.types import RawDataLoader, Transform
 from .explain import explain_miss
 from .key import CacheKey, cache_key
 from .layout import KEY_CHARS_IN_NAME, MANIFEST_NAME, CacheRoot
@@ -82,6 +82,7 @@ def _build_under_lock(
     parallel: int,
     options: ShardOptions,
     lock_timeout: float,
+    transforms: Sequence[Transform],
 ) -> CacheDataset:
     """Take ``key``'s build lock, then open what another process built meanwhile, or build."""
     name = root.cache_name(subset, key.digest)
@@ -111,6 +112,7 @@ def _build_under_lock(
             lock=lock,
             parallel=parallel,
             options=options,
+            transforms=transforms,
         )
     with contextlib.suppress(OSError):
         root.staging_root().rmdir()  # tidy when no other build is staged
@@ -126,16 +128,34 @@ def ensure_cache(
     parallel: int = -1,
     shard_bytes: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    transforms: Sequence[Transform] = (),
+    key: CacheKey | None = None,
 ) -> CacheDataset:
     """Open ``subset``'s cache in ``cache_dir``, building it under the key's lock if needed.
 
     A published cache is opened without the lock (so a read-only cache directory works);
     a damaged one is discarded and rebuilt, or, when it cannot be removed, refused with an
-    error naming the file. ``shard_bytes`` is the shard size target (None: automatic).
+    error naming the file.
+
+    Args:
+        cache_dir: the cache directory.
+        subset: the subset's name (not part of the key: two subsets with the same items
+            share a cache).
+        items: the subset's split items, JSON values.
+        loader: the raw data loader.
+        parallel: decoding processes, as in `CachingDataModule`.
+        shard_bytes: the shard size target (None: automatic).
+        lock_timeout: seconds to wait for another process's build of the same cache.
+        transforms: applied to each sample's tensors before it is stored (as model
+            transforms are, see `shardcache.core.transforms`); part of the key.
+        key: ``cache_key(subset, items, loader, transforms)`` when the caller computed
+            it already (a DataModule computes it once, so that a loader that sets an
+            attribute while decoding keeps its key).
     """
     options = ShardOptions(target_bytes=shard_bytes)
     root = CacheRoot(Path(cache_dir))  # a str too: scripts without Lightning pass one
-    key = cache_key(subset, items, loader)
+    if key is None:
+        key = cache_key(subset, items, loader, transforms)
     damage: CorruptCacheError | None = None
     try:
         opened = _open_published(root, key)
@@ -164,4 +184,5 @@ def ensure_cache(
         parallel=parallel,
         options=options,
         lock_timeout=lock_timeout,
+        transforms=transforms,
     )

@@ -37,14 +37,52 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         found.append(f"loader class source ({new_loader.get('class')} was edited)")
     old_attributes = old_loader.get("attributes", {})
     new_attributes = new_loader.get("attributes", {})
-    unset = "<unset>"
     found.extend(
-        f"loader attribute {name!r} {old_attributes.get(name, unset)!r} -> "
-        f"{new_attributes.get(name, unset)!r}"
+        f"loader attribute {name!r} {_shown(old_attributes, name)} -> "
+        f"{_shown(new_attributes, name)}"
         for name in sorted(set(old_attributes) | set(new_attributes))
-        if old_attributes.get(name, unset) != new_attributes.get(name, unset)
+        if old_attributes.get(name, _UNSET) != new_attributes.get(name, _UNSET)
     )
+    found.extend(_transform_differences(old.get("transforms", []), new.get("transforms", [])))
     return found
+
+
+_UNSET = "<unset>"
+SHOWN_CHARS = 80
+"""Characters of a described value shown in a difference."""
+
+
+def _shown(described: dict[str, Any], name: str) -> str:
+    """An attribute's description, compact and bounded (``<unset>`` when missing)."""
+    if name not in described:
+        return _UNSET
+    text = canonical_json(described[name])
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _label(described: object) -> str:
+    """What a transform's description is: its class or function name."""
+    if isinstance(described, dict) and len(described) == 1:
+        (kind, body), *_ = described.items()
+        if isinstance(body, dict):
+            name = body.get("class") or body.get("name")
+            if isinstance(name, str):
+                return name
+        return str(kind)
+    return type(described).__name__
+
+
+def _transform_differences(old: object, new: object) -> list[str]:
+    """``transform [1] (torchvision...Normalize)``: which transforms changed."""
+    before = old if isinstance(old, list) else []
+    after = new if isinstance(new, list) else []
+    if len(before) != len(after):
+        return [f"transform count {len(before)} -> {len(after)}"]
+    return [
+        f"transform [{index}] ({_label(now)})"
+        for index, (was, now) in enumerate(zip(before, after, strict=True))
+        if was != now
+    ]
 
 
 def _item_differences(path: Path, items: Sequence[Any]) -> str:

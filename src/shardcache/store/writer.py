@@ -22,7 +22,7 @@ from typing import Any
 
 from .._version import __version__
 from ..core.decoding import decode
-from ..core.types import RawDataLoader
+from ..core.types import RawDataLoader, Transform
 from ..core.units import format_size
 from .atomic import fsync_directory, write_atomically
 from .codec import encode
@@ -47,6 +47,7 @@ def _decode_missing(
     lock: BuildLock,
     parallel: int,
     options: ShardOptions,
+    transforms: Sequence[Transform],
 ) -> tuple[list[StagedShard], int]:
     """Every shard of the build, and the shard size the writer chose.
 
@@ -69,7 +70,16 @@ def _decode_missing(
     writer = ShardWriter(staging, options, len(missing))
     prepare = functools.partial(encode, narrowing=options.narrowing)
     try:
-        for sample in decode(subset, items, loader, prepare, indices=missing, parallel=parallel):
+        decoded = decode(
+            subset,
+            items,
+            loader,
+            prepare,
+            indices=missing,
+            parallel=parallel,
+            transforms=transforms,
+        )
+        for sample in decoded:
             writer.add(sample)
             lock.report_progress(len(items) - len(missing) + writer.samples_written, len(items))
     finally:
@@ -121,11 +131,12 @@ def build(
     lock: BuildLock,
     parallel: int,
     options: ShardOptions,
+    transforms: Sequence[Transform] = (),
 ) -> Path:
     """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
     make_staging(staging)
     shards, chosen_bytes = _decode_missing(
-        staging, name, subset, items, loader, lock, parallel, options
+        staging, name, subset, items, loader, lock, parallel, options, transforms
     )
     storage = sum((storage_of(shard.header) for shard in shards), Storage())
     manifest = Manifest(
