@@ -287,11 +287,11 @@ def install_crash_hook(event: str, pattern: str, nth: int = 1) -> None:
 
 # Where a build can die: the audit event, a pattern its arguments match, which occurrence
 # (or the loader's k-th decode). Each is a row of the crash matrix in test_faults_crash.
-TMP = r"/\.tmp-[^/ ]*"
+TMP = r"(?:^|/)\.tmp-[^/ ]*"  # files are opened relative to their directory's descriptor
 CRASH_POINTS: dict[str, dict[str, Any]] = {
     "lock owner file write": {"event": "open", "pattern": TMP + r"\.owner\.json "},
     "lock owner file rename": {"event": "os.rename", "pattern": TMP + r"\.owner\.json "},
-    "staging mkdir": {"event": "os.mkdir", "pattern": r"/\.staging/[0-9a-f]{64}"},
+    "staging mkdir": {"event": "os.mkdir", "pattern": r"^[0-9a-f]{64} "},
     "first decode": {"decode": 1},
     "mid-build decode": {"decode": N_ITEMS // 2},
     "last decode": {"decode": N_ITEMS},
@@ -304,8 +304,8 @@ CRASH_POINTS: dict[str, dict[str, Any]] = {
     "items.json rename": {"event": "os.rename", "pattern": TMP + r"items\.json "},
     "manifest write": {"event": "open", "pattern": TMP + r"manifest\.json "},
     "manifest rename": {"event": "os.rename", "pattern": TMP + r"manifest\.json "},
-    "publish rename": {"event": "os.rename", "pattern": r"/\.staging/[0-9a-f]{64} "},
-    "root fsync after publish": {"event": "open", "pattern": "^{root} "},
+    "publish rename": {"event": "os.rename", "pattern": r"^[0-9a-f]{64} "},
+    "root fsync after publish": {"event": "os.remove", "pattern": r"\.owner\.json "},
 }
 
 

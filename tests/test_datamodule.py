@@ -69,7 +69,9 @@ def published(cache_dir: Path) -> list[str]:
     """Subset names of the published caches (``<subset>-<key>``) in ``cache_dir``."""
     if not cache_dir.exists():
         return []
-    return sorted(p.name.rsplit("-", 1)[0] for p in cache_dir.iterdir() if p.name[0] != ".")
+    return sorted(
+        p.name.rsplit("-", 1)[0] for p in cache_dir.iterdir() if p.is_dir() and p.name[0] != "."
+    )
 
 
 # ---- a real Trainer -------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from pathlib import Path
 from _trust_helpers import BulkyMetadataLoader, outcome
 from shardcache import CorruptCacheError
 from shardcache.store import CacheDataset, ensure_cache
-from shardcache.store.header import read_header
 
 FIRST_READ_BUDGET = 8 << 20
 """Bytes Python may allocate to open a cache and serve its first sample.
@@ -58,9 +57,12 @@ def test_f15_first_read_cost_does_not_grow_with_the_cache(tmp_path: Path) -> Non
 
 def test_f14_header_over_the_safetensors_cap_is_named_as_such(tmp_path: Path) -> None:
     """A header length over 100 MB is refused for what it is, not as "exceeds the file"."""
-    shard = tmp_path / "shard.safetensors"
-    shard.write_bytes(struct.pack("<Q", 107_000_000) + b"{}" * 64)
-    _, error = outcome(lambda: read_header(shard))
+    built = ensure_cache(tmp_path, "train", [0, 1], BulkyMetadataLoader(10))
+    built.close()
+    (shard,) = sorted(built.path.glob("shard-*"))
+    with shard.open("r+b") as stream:  # what a shard written before headers were bounded says
+        stream.write(struct.pack("<Q", 107_000_000))
+    _, error = outcome(lambda: CacheDataset(built.path)[0])
     assert isinstance(error, CorruptCacheError), error
     assert "limit of 100000000" in str(error), error
     assert "exceeds what the file holds" not in str(error), error

@@ -15,7 +15,7 @@ from ..store.removal import remove
 from ..store.verification import verify_cache
 from . import render
 from .arguments import NAME_HELP, resolve_names
-from .base import EXIT_OK, EXIT_PROBLEMS, add_command
+from .base import EXIT_OK, EXIT_PROBLEMS, add_command, require_cache_directory
 
 
 def register(
@@ -90,6 +90,8 @@ def _summary(reports: list[dict[str, Any]], repair: bool) -> str:
 
 def run(args: argparse.Namespace, cache_dir: Path) -> int:
     """Verify the chosen caches (default: all) and report each."""
+    if args.repair:
+        require_cache_directory(cache_dir)
     entries = scan(cache_dir)
     chosen = resolve_names(entries, args.names) if args.names else entries
     targets = [entry for entry in chosen if entry.state in {PUBLISHED, DAMAGED}]
