@@ -17,10 +17,12 @@ from shardcache.loaders import ImageFileLoader, ImageMode
 class CountingImageLoader(ImageFileLoader):
     """`ImageFileLoader` that appends one line to a log file per decode.
 
-    The log path is a private attribute: it does not enter the cache key, so runs that
-    count into different files share caches. Appends with ``O_APPEND`` are atomic, so
+    The log path is listed in ``shardcache_key_ignores``: it does not enter the cache key,
+    so runs that count into different files share caches. Appends with ``O_APPEND`` are atomic, so
     DataLoader workers and DDP ranks can count into one file.
     """
+
+    shardcache_key_ignores = ("_decode_log",)
 
     def __init__(
         self,

@@ -145,6 +145,6 @@ def test_two_ddp_ranks_decode_each_item_once_and_serve_equal_data(
     assert {report["world_size"] for report in reports} == {2}
     assert [{"train": r["train"], "validation": r["validation"]} for r in reports] == [expected] * 4
     assert len({tuple(report["caches"]) for report in reports}) == 1
-    assert sorted(path.name for path in cache_dir.iterdir() if not path.name.startswith(".")) == (
-        sorted(first[0]["caches"])
-    )
+    assert sorted(
+        path.name for path in cache_dir.iterdir() if path.is_dir() and path.name[0] != "."
+    ) == (sorted(first[0]["caches"]))

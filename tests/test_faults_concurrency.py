@@ -95,8 +95,8 @@ def test_a_build_survives_another_keys_tidy_up_of_the_staging_parent(
     paused, resume = tmp_path / "b-paused", tmp_path / "b-resume"
     pause = {
         "event": "os.mkdir",
-        "pattern": r"/\.staging/[0-9a-f]{64} ",
-        "nth": 2,
+        "pattern": r"^[0-9a-f]{64} ",
+        "nth": 1,
         "paused": str(paused),
         "resume": str(resume),
     }

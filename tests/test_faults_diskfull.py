@@ -125,7 +125,7 @@ def test_disk_full_while_writing_the_manifest(
     paused, resume = tmp_path / "paused", tmp_path / "resume"
     pause = {
         "event": "open",
-        "pattern": r"/\.tmp-[^/ ]*" + re.escape(file_name) + " ",
+        "pattern": r"^\.tmp-[^/ ]*" + re.escape(file_name) + " ",
         "nth": 1,
         "paused": str(paused),
         "resume": str(resume),

@@ -162,6 +162,7 @@ def test_the_manifest_schema_is_pinned(cache: CacheDataset) -> None:
 def test_a_loader_without_fingerprint_records_class_source_and_attributes(cache_dir: Path) -> None:
     class Plain(GoldenLoader):
         fingerprint = None  # type: ignore[assignment]
+        shardcache_key_ignores = ("_private",)
 
         def __init__(self) -> None:
             self.size = 2

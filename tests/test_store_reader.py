@@ -108,6 +108,7 @@ def test_without_mmap_samples_are_plain_reads(
     cache: CacheDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHARDCACHE_MMAP", "0")
+    before = mappings_of(shard_paths(cache)[0])  # the fixture's own mapping
     plain = CacheDataset(cache.path)
 
     served = [plain[index] for index in range(len(plain))]
@@ -115,7 +116,7 @@ def test_without_mmap_samples_are_plain_reads(
     plain.close()  # closes its file handles
 
     assert dataset_differences(expected_samples(tmp_path), served) == []
-    assert mapped == []
+    assert mapped == before
 
 
 # ---- copy-on-write ----------------------------------------------------------------------------
@@ -215,33 +216,31 @@ def test_in_place_writes_in_workers_leave_the_cache_and_the_parent_untouched(
 # ---- lazy and light ---------------------------------------------------------------------------
 
 
-def test_labels_come_from_the_manifest_without_touching_a_shard(
+def test_labels_come_from_the_manifest_and_an_open_cache_outlives_its_files(
     cache: CacheDataset, tmp_path: Path
 ) -> None:
     dataset = CacheDataset(cache.path)
     shards = shard_paths(dataset)
     for shard in shards:
-        shard.unlink()  # nothing may read them now
+        shard.unlink()  # `shardcache clear` after setup(): what was opened stays readable
 
     labels = dataset.labels()
 
     assert labels == [item[1] for item in make_items(8)]
-    assert all(mappings_of(shard) == [] for shard in shards)
+    assert dataset_differences(expected_samples(tmp_path), dataset) == []
     with pytest.raises(CorruptCacheError, match="shard is missing"):
-        dataset[0]
+        CacheDataset(cache.path)
 
 
-def test_opening_maps_nothing_until_the_first_read(cache: CacheDataset) -> None:
-    dataset = CacheDataset(cache.path)
-    (shard,) = shard_paths(dataset)
+def test_opening_maps_every_shard_and_a_read_maps_nothing_more(cache: CacheDataset) -> None:
+    (shard,) = shard_paths(cache)
     mapped_before = len(mappings_of(shard))
+    dataset = CacheDataset(cache.path)
 
-    len(dataset)
-    dataset.labels()
-    unread = len(mappings_of(shard))
+    opened = len(mappings_of(shard))
     dataset[5]
 
-    assert (unread, len(mappings_of(shard))) == (mapped_before, mapped_before + 1)
+    assert (opened, len(mappings_of(shard))) == (mapped_before + 1, mapped_before + 1)
 
 
 def test_the_dataset_pickles_without_its_mappings(cache: CacheDataset, tmp_path: Path) -> None:

@@ -117,6 +117,9 @@ class CachingDataModule(lightning.LightningDataModule):
             # prefer this DataModule's hook over every model's own, widening or not.
             self.on_after_batch_transfer = self._widen_after_transfer  # type: ignore[method-assign]
         self._datasets: dict[str, SampleDataset] = {}
+        # Made now, so that prepare_data sets no state (Lightning runs it on one rank only).
+        self._made_tier: tuple[tuple[str, TierOptions], Tier] | None = None
+        self._tier()
 
     def set_chunk_size(self, batch_size: int, batch_chunk_count: int) -> None:
         """Set the batch size and the chunks each batch is served in (kept from mednet).
@@ -180,8 +183,14 @@ class CachingDataModule(lightning.LightningDataModule):
         return Subset(name, items, self.raw_data_loader, self.parallel)
 
     def _tier(self) -> Tier:
+        """The tier, kept: prepare_data and setup share it (a setting changed makes a new one).
+
+        The disk tier resolves the cache directory and computes each subset's key once.
+        """
         options = TierOptions(self.cache_dir, self.lock_timeout, self.shard_bytes, self.narrow)
-        return make_tier(self.cache, options)
+        if self._made_tier is None or self._made_tier[0] != (self.cache, options):
+            self._made_tier = ((self.cache, options), make_tier(self.cache, options))
+        return self._made_tier[1]
 
     def prepare_data(self) -> None:
         """Prepare every subset once per node (the disk tier builds missing caches).

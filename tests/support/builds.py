@@ -38,13 +38,18 @@ SHARD_BYTES = 2048
 
 
 def published(cache_dir: Path) -> list[Path]:
-    """Every entry of ``cache_dir`` but the hidden ones (``.locks``, ``.staging``...), by name.
+    """Every entry of ``cache_dir`` but the hidden ones (``.locks``, ``.staging``...) and the
+    cache directory's tag (``CACHEDIR.TAG``), by name.
 
     Published caches, and anything else a build should not have left there.
     """
     if not cache_dir.is_dir():
         return []
-    return sorted(path for path in cache_dir.iterdir() if not path.name.startswith("."))
+    return sorted(
+        path
+        for path in cache_dir.iterdir()
+        if not path.name.startswith(".") and path.name != "CACHEDIR.TAG"
+    )
 
 
 def staged_samples(cache_dir: Path) -> int:

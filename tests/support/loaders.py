@@ -86,6 +86,8 @@ def unusable_sample(mode: str, item: Any, tensor: torch.Tensor, metadata: dict[s
 class ValueLoader:
     """``sample([name, label, value])`` is a [1, 2, 2] float tensor of ``value``."""
 
+    shardcache_key_ignores = ("_log",)
+
     def __init__(self, log: str | Path) -> None:
         self._log = str(log)
 
@@ -135,6 +137,8 @@ class SeededLoader:
     Metadata is collatable (``label`` int, ``name`` str), so DataModule loaders batch it.
     """
 
+    shardcache_key_ignores = ("_log", "_delay")
+
     def __init__(
         self, log: str | Path, scale: float = 1.0, side: int = 8, delay: float = 0.0
     ) -> None:
@@ -157,6 +161,8 @@ class SeededLoader:
 class DictImageLoader:
     """mednet-like dict samples: an 8-bit ``tv_tensors.Image`` scaled to floats (stored
     narrow by the disk tier), a float ``target`` and a name; ``target()``, no ``label()``."""
+
+    shardcache_key_ignores = ("_log",)
 
     def __init__(self, log: str | Path, side: int = 8) -> None:
         self._log = str(log)
@@ -204,6 +210,8 @@ def special_floats() -> torch.Tensor:
 
 class RichLoader:
     """Samples of several shapes and dtypes with tensor and nested JSON metadata."""
+
+    shardcache_key_ignores = ("_log",)
 
     def __init__(self, log: str | Path) -> None:
         self._log = str(log)
@@ -305,6 +313,8 @@ class SlowLoader:
         crash_at_decode: ``os._exit(CRASH_EXIT)`` at this decode of this process (0: never).
     """
 
+    shardcache_key_ignores = ("_count_file", "_tag", "_delay", "_crash_at_decode", "_decoded")
+
     def __init__(
         self, count_file: str | Path, tag: str = "run", delay: float = 0.0, crash_at_decode: int = 0
     ) -> None:
@@ -341,6 +351,8 @@ class SizedLoader:
     A build's free-space estimate comes from its first samples, so small-then-large fools it.
     """
 
+    shardcache_key_ignores = ("_count_file", "_tag")
+
     def __init__(
         self,
         count_file: str | Path,
@@ -365,6 +377,8 @@ class SizedLoader:
 
 class BadLoader:
     """An `unusable_sample` of ``mode`` for the items whose index is in ``bad``."""
+
+    shardcache_key_ignores = ("_count_file",)
 
     def __init__(self, count_file: str | Path, mode: str, bad: Sequence[int]) -> None:
         self.mode = mode

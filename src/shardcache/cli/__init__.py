@@ -17,11 +17,11 @@ from pathlib import Path
 
 from ..core import settings
 from ..core.errors import ShardCacheError
-from . import clear, info, listing, prune, verify
+from . import clear, info, listing, prune, share, verify
 from .arguments import UsageError, parse_duration, parse_size
 from .base import EXIT_PROBLEMS, EXIT_STATUS_HELP, EXIT_USAGE
 
-COMMANDS = (listing, info, verify, clear, prune)
+COMMANDS = (listing, info, verify, clear, prune, share)
 """Each registers one subcommand, in the order ``--help`` lists them."""
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_duration", "parse_size"]
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(
         prog="shardcache",
-        description="Manage shardcache's disk caches: list, inspect, verify, clear and prune.",
+        description=(
+            "Manage shardcache's disk caches: list, inspect, verify, clear, prune and share."
+        ),
         epilog=f"current cache directory: {settings.cache_dir()}\n\n{EXIT_STATUS_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],

@@ -11,8 +11,11 @@ from ..store.inventory import CacheEntry
 
 NAME_HELP = (
     "a cache's name as `shardcache list` shows it, a unique prefix of that name, "
-    "or a prefix of its key"
+    "or a prefix of its key (at least 3 characters)"
 )
+
+MIN_PREFIX_CHARS = 3
+"""A prefix shorter than this names no cache: ``clear "$UNSET"`` must not clear one."""
 
 
 class UsageError(Exception):
@@ -61,6 +64,11 @@ def resolve_names(entries: list[CacheEntry], names: Sequence[str]) -> list[Cache
     chosen: list[CacheEntry] = []
     for name in names:
         found = [entry for entry in entries if name in {entry.name, entry.key}]
+        if not found and len(name.strip()) < MIN_PREFIX_CHARS:
+            raise UsageError(
+                f"{name!r} is too short to name a cache: give its name as `shardcache list` "
+                f"shows it, or at least {MIN_PREFIX_CHARS} characters of its name or key"
+            )
         if not found:
             found = [
                 entry

@@ -11,9 +11,10 @@ from typing import Any
 from ..core.units import format_size
 from ..store.inventory import PUBLISHED, CacheEntry, scan
 from ..store.removal import empty_trash, remove
+from ..store.tree import CacheTree
 from . import render
 from .arguments import NAME_HELP, UsageError, resolve_names
-from .base import EXIT_OK, EXIT_PROBLEMS, add_command
+from .base import EXIT_OK, EXIT_PROBLEMS, add_command, require_cache_directory
 
 
 def register(
@@ -53,10 +54,21 @@ def _confirmed(targets: list[CacheEntry], cache_dir: Path) -> bool:
     return sys.stdin.readline().strip().lower() in {"y", "yes"}
 
 
+def _empty_trash(cache_dir: Path) -> int:
+    """What interrupted removals left in ``.trash``, removed: the bytes freed."""
+    try:
+        tree = CacheTree.open(cache_dir)
+    except FileNotFoundError:
+        return 0
+    with tree:
+        return empty_trash(tree)
+
+
 def run(args: argparse.Namespace, cache_dir: Path) -> int:
     """Remove the named caches, or all of them."""
     if args.all == bool(args.names):
         raise UsageError("name the caches to clear, or give --all (not both)")
+    require_cache_directory(cache_dir)
     entries = scan(cache_dir)
     targets = entries if args.all else resolve_names(entries, args.names)
     if targets and not args.yes and _stdin_is_terminal() and not _confirmed(targets, cache_dir):
@@ -79,7 +91,7 @@ def run(args: argparse.Namespace, cache_dir: Path) -> int:
             what = f"{entry.state}, {what}"
         note = "; a running process has it open and keeps reading it" if entry.in_use else ""
         lines.append(f"removed {entry.name} ({what}){note}")
-    trash = empty_trash(cache_dir) if args.all else 0
+    trash = _empty_trash(cache_dir) if args.all else 0
     if trash:
         lines.append(f"removed what interrupted removals left in .trash ({format_size(trash)})")
     freed += trash

@@ -11,7 +11,7 @@ from ..store.inventory import scan
 from ..store.pruning import PrunePolicy, plan_prune, prune
 from . import render
 from .arguments import UsageError, parse_duration, parse_size
-from .base import EXIT_OK, EXIT_PROBLEMS, add_command
+from .base import EXIT_OK, EXIT_PROBLEMS, add_command, require_cache_directory
 
 
 def register(
@@ -51,6 +51,8 @@ def run(args: argparse.Namespace, cache_dir: Path) -> int:
     """Prune by size and age, or say what would go with ``--dry-run``."""
     if args.max_size is None and args.older_than is None:
         raise UsageError("give --max-size, --older-than, or both")
+    if not args.dry_run:
+        require_cache_directory(cache_dir)
     entries = scan(cache_dir)
     policy = PrunePolicy(max_size=args.max_size, older_than=args.older_than)
     result = plan_prune(entries, policy) if args.dry_run else prune(cache_dir, entries, policy)

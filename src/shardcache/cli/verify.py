@@ -13,7 +13,7 @@ from ..store.removal import remove
 from ..store.verification import verify_cache
 from . import render
 from .arguments import NAME_HELP, resolve_names
-from .base import EXIT_OK, EXIT_PROBLEMS, add_command
+from .base import EXIT_OK, EXIT_PROBLEMS, add_command, require_cache_directory
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace, cache_dir: Path) -> int:
     """Verify the chosen caches (default: all) and report each."""
     from tqdm import tqdm  # here, not at the top: every other subcommand starts without it
 
+    if args.repair:
+        require_cache_directory(cache_dir)
     entries = scan(cache_dir)
     chosen = resolve_names(entries, args.names) if args.names else entries
     targets = [entry for entry in chosen if entry.state in {PUBLISHED, DAMAGED}]

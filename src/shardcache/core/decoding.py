@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from .errors import BadSamplesError
 from .samples import Where, canonical_sample, describe
-from .types import RawDataLoader, Sample
+from .transforms import transform_sample
+from .types import RawDataLoader, Sample, Transform
 from .workers import num_workers, worker_context
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,14 @@ class _DecodingDataset(Dataset[Decoded[Payload] | _Failure]):
         indices: Sequence[int],
         loader: RawDataLoader,
         prepare: Callable[[Sample], Payload],
+        transforms: Sequence[Transform],
     ) -> None:
         self.subset = subset
         self.items = items
         self.indices = indices
         self.loader = loader
         self.prepare = prepare
+        self.transforms = tuple(transforms)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -103,7 +106,10 @@ class _DecodingDataset(Dataset[Decoded[Payload] | _Failure]):
         index = self.indices[position]
         item = self.items[index]
         try:
-            sample = canonical_sample(self.loader.sample(item), Where(self.subset, index, item))
+            where = Where(self.subset, index, item)
+            sample = canonical_sample(self.loader.sample(item), where)
+            if self.transforms:
+                sample = canonical_sample(transform_sample(sample, self.transforms), where)
             value = self.prepare(sample)
             label = read_label(self.loader, item)
         except Exception as error:  # noqa: BLE001 (reported with its item once all are decoded)
@@ -163,6 +169,7 @@ def decode(
     *,
     indices: Sequence[int] | None = None,
     parallel: int = -1,
+    transforms: Sequence[Transform] = (),
 ) -> Iterator[Decoded[Payload]]:
     """Yield ``prepare(sample)`` of each ``items[i]`` for ``i`` in ``indices``, in order.
 
@@ -174,13 +181,14 @@ def decode(
             tier encodes it for a shard there).
         indices: which items to decode (default: all); each is decoded exactly once.
         parallel: worker processes, as in `CachingDataModule`.
+        transforms: applied to each checked sample before ``prepare`` (see `transforms`).
 
     Raises:
         BadSamplesError: after the last item, when any item failed.
     """
     chosen = range(len(items)) if indices is None else indices
     workers = num_workers(parallel)
-    dataset = _DecodingDataset(subset, items, chosen, loader, prepare)
+    dataset = _DecodingDataset(subset, items, chosen, loader, prepare, transforms)
     failures: list[_Failure] = []
     with _CallersRandomState():
         batches = DataLoader(

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..core.transforms import transform_sample
 from ..core.types import Sample, SampleDataset, Transform
-from .transforms import transform_sample
 
 
 class ServedDataset(Dataset[Sample]):

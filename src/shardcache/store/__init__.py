@@ -4,12 +4,14 @@
 >>> dataset = ensure_cache(cache_dir, "train", items, loader)   # builds once, ever
 >>> tensor, metadata = dataset[0]                                 # a zero-copy view
 
-One module per job: `layout` (every name in a cache directory), `key`, `format` (the
-manifest), `header` and `shardfile` (shard files read and written), `options`, `writer`,
-`reader`, `locking` (build locks, leases), `removal`, `verification`, `usage`, `inventory`,
-`pruning`, `explain`, `atomic`, and `cache` (open or build). The names below are imported
-on first use, so that the command line, which needs only the inventory, starts without
-importing torch.
+One module per job: `layout` (every name in a cache directory), `fs` (the one way into
+it: no symlink followed, no FIFO waited on), `tree` (a cache directory opened for use),
+`trust` (whose entries are used; team directories), `sharing`, `tagging` (CACHEDIR.TAG),
+`identity` and `key`, `format` (the manifest), `header` and `shardfile` (shard files read
+and written), `options`, `writer`, `reader`, `locking` (build locks, leases), `removal`,
+`verification`, `usage`, `inventory` (and `is_ours`), `pruning`, `explain`, `atomic`, and
+`cache` (open or build). The names below are imported on first use, so that the command
+line, which needs only the inventory, starts without importing torch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Durable file operations: write to a temporary name, fsync, rename, fsync the directory."""
+"""Durable file operations: write to a temporary name, fsync, rename, fsync the directory.
+
+Files are created inside a `Directory` (``O_EXCL``, never through a symlink) and renamed
+relative to its descriptor, so a planted link can neither receive the data nor be
+replaced by it.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,16 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from .fs import Directory
 from .layout import TEMPORARY_PREFIX
 
 
-def fsync_directory(path: Path) -> None:
-    """Persist a directory's entries (a rename is durable only once its directory is)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temporary_name(final: Path) -> Path:
-    """A unique sibling of ``final`` that readers and resume scans ignore."""
-    return final.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{final.name}")
+def temporary_name(final: str) -> str:
+    """A unique sibling name of ``final`` that readers and resume scans ignore."""
+    return f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{final}"
 
 
 class PendingFile:
@@ -35,25 +31,38 @@ class PendingFile:
     removed, so a full disk or a crash leaves no file under a final name.
 
     Args:
-        like: a path in the target directory; the temporary name is derived from it.
+        directory: where the file is written.
+        like: a name in that directory; the temporary name is derived from it.
         durable: fsync before the rename.
+        mode: the file's exact permissions (default: 0o666 less the umask).
     """
 
-    def __init__(self, like: Path, *, durable: bool = True) -> None:
-        self.path = temporary_name(like)
+    def __init__(
+        self, directory: Directory, like: str, *, durable: bool = True, mode: int | None = None
+    ) -> None:
+        self.directory = directory
+        self.name = temporary_name(like)
         self.durable = durable
-        self.stream: BinaryIO = self.path.open("xb")
+        fd = directory.open_file(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            self.stream: BinaryIO = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            directory.unlink(self.name, missing_ok=True)
+            raise
         self._committed = False
 
-    def commit(self, final: Path) -> None:
-        """Make the written content appear at ``final``, whole."""
+    def commit(self, final: str) -> None:
+        """Make the written content appear as ``final`` in the directory, whole."""
         self.stream.flush()
         if self.durable:
             # Without fsync before rename, a power loss can publish an empty file under
             # the final name (ext4 delayed allocation).
             os.fsync(self.stream.fileno())
         self.stream.close()
-        self.path.replace(final)
+        self.directory.rename(self.name, self.directory, final)
         self._committed = True
 
     def __enter__(self) -> PendingFile:
@@ -69,18 +78,22 @@ class PendingFile:
             # Closing flushes, and on a full disk fails again: the file goes all the same.
             with contextlib.suppress(OSError):
                 self.stream.close()
-            self.path.unlink(missing_ok=True)
+            self.directory.unlink(self.name, missing_ok=True)
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
-    """Yield a stream whose content appears at ``final`` whole, or not at all."""
-    with PendingFile(final, durable=durable) as pending:
+def atomic_output(
+    directory: Directory, final: str, *, durable: bool = True, mode: int | None = None
+) -> Iterator[BinaryIO]:
+    """Yield a stream whose content appears as ``final`` in ``directory`` whole, or not at all."""
+    with PendingFile(directory, final, durable=durable, mode=mode) as pending:
         yield pending.stream
         pending.commit(final)
 
 
-def write_atomically(final: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``final`` through `atomic_output`."""
-    with atomic_output(final, durable=durable) as stream:
+def write_atomically(
+    directory: Directory, final: str, data: bytes, *, durable: bool = True, mode: int | None = None
+) -> None:
+    """Write ``data`` as ``final`` in ``directory`` through `atomic_output`."""
+    with atomic_output(directory, final, durable=durable, mode=mode) as stream:
         stream.write(data)

@@ -11,36 +11,43 @@ from typing import Any
 
 from ..core.errors import CacheDirError, CorruptCacheError
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
-from ..core.types import RawDataLoader
+from ..core.types import RawDataLoader, Transform
 from .explain import explain_miss
+from .fs import WrongKindError
+from .inventory import is_ours
 from .key import CacheKey, cache_key
-from .layout import KEY_CHARS_IN_NAME, MANIFEST_NAME, CacheRoot
+from .layout import KEY_CHARS_IN_NAME, MANIFEST_NAME, STAGING_DIR, CacheRoot
 from .locking import BuildLock
 from .options import ShardOptions
 from .reader import CacheDataset
 from .removal import discard, empty_trash
+from .tagging import ensure_tagged
+from .tree import CacheTree
+from .trust import verify_first_use
 from .writer import build
 
 logger = logging.getLogger(__name__)
 
 
-def _open_published(root: CacheRoot, key: CacheKey) -> CacheDataset | None:
-    """The published cache of ``key``, opened and checked, or None when there is none.
+def _open_checked(tree: CacheTree, path: Path, key: CacheKey) -> CacheDataset:
+    """Open ``path``, a published cache of ``tree``, and check that its manifest is ``key``'s.
 
-    Raises:
-        CorruptCacheError: it exists but fails a check.
-    """
-    path = root.find(key.digest)
-    return None if path is None else _open_checked(path, key)
-
-
-def _open_checked(path: Path, key: CacheKey) -> CacheDataset:
-    """Open ``path``, a published cache, and check that its manifest is ``key``'s.
-
+    The directory is opened through the tree, so its owner and mode are checked (`trust`).
     A directory's name holds only 96 bits of the key: one copied or renamed by hand, or
     holding another cache's manifest, would otherwise serve another split's samples.
+
+    Raises:
+        CorruptCacheError: it fails a check (the caller rebuilds it).
+        CacheDirError: it is not to be trusted (never rebuilt over).
     """
-    dataset = CacheDataset(path)
+    try:
+        directory = tree.root.subdir(path.name)
+    except FileNotFoundError as error:  # removed since it was found
+        raise CorruptCacheError(f"{path}: cache is missing", path=path) from error
+    except WrongKindError as error:
+        raise CorruptCacheError(str(error), path=path) from error
+    with directory:
+        dataset = CacheDataset(path, directory=directory)
     if dataset.manifest.key != key.digest:
         dataset.close()
         manifest = path / MANIFEST_NAME
@@ -52,28 +59,71 @@ def _open_checked(path: Path, key: CacheKey) -> CacheDataset:
     return dataset
 
 
-def _prepare_directory(path: Path) -> None:
-    """Create the cache directory, or say exactly why it cannot be used for a build."""
+def _verified(tree: CacheTree, dataset: CacheDataset) -> CacheDataset:
+    """``dataset``, after its first use by a user who did not build it was verified.
+
+    Raises:
+        CorruptCacheError: it fails verification; not rebuilt over: its builder must know.
+    """
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as error:
+        with tree.root.subdir(dataset.path.name) as directory:
+            verify_first_use(directory, dataset.manifest)
+    except BaseException:
+        dataset.close()
+        raise
+    return dataset
+
+
+def _explain(names: CacheRoot, subset: str, key: CacheKey, items: Sequence[Any]) -> None:
+    """Log why ``subset`` missed; a neighbour that cannot be read never fails a build."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    try:
+        logger.info("%s", explain_miss(names, subset, key, items))
+    except Exception as error:  # noqa: BLE001 (an explanation is never worth a failed build)
+        logger.debug("cannot explain the miss of %s: %r", subset, error)
+
+
+def _prepare_tree(path: Path, damage: CorruptCacheError | None) -> CacheTree:
+    """Open (creating) the cache directory for a build, or say exactly why it cannot be."""
+    try:
+        tree = CacheTree.open(path, create=True)
+        if not os.access(tree.path, os.W_OK | os.X_OK):
+            tree.close()
+            raise CacheDirError(
+                f"cache directory {tree.path} is not writable and holds no usable cache to "
+                "read. Build the cache where you can write, or set cache_dir / SHARDCACHE_DIR"
+            )
+    except CacheDirError as error:
+        if damage is None:
+            raise
+        # Name the damaged file, not only the directory that keeps us from rebuilding it.
+        raise CacheDirError(f"{damage}; it cannot be rebuilt: {error}") from damage
+    ensure_tagged(tree.root)
+    return tree
+
+
+def _clear_the_way(tree: CacheTree, path: Path, damage: CorruptCacheError | None) -> None:
+    """Remove ``path`` (a damaged cache, or a leftover under the cache's name) if it is ours.
+
+    Raises:
+        CacheDirError: it is not shardcache's, or cannot be removed.
+    """
+    if not is_ours(tree.root, path):
         raise CacheDirError(
-            f"cache directory {path} cannot be created: a parent is a regular file ({error}). "
-            "Set cache_dir or SHARDCACHE_DIR to a directory"
-        ) from error
-    except OSError as error:
-        raise CacheDirError(f"cache directory {path} cannot be created: {error}") from error
-    if not path.is_dir():
-        raise CacheDirError(f"cache directory {path} is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CacheDirError(
-            f"cache directory {path} is not writable and holds no usable cache to read. "
-            "Build the cache where you can write, or set cache_dir / SHARDCACHE_DIR"
+            f"{path} is in the way of the cache to build, and shardcache did not make it "
+            "(no manifest or build lock of its own): move it away or remove it"
         )
+    try:
+        discard(tree, path)
+    except OSError as removal:
+        if damage is not None:
+            raise damage from removal
+        raise
 
 
 def _build_under_lock(
-    root: CacheRoot,
+    tree: CacheTree,
     key: CacheKey,
     subset: str,
     items: Sequence[Any],
@@ -82,27 +132,26 @@ def _build_under_lock(
     parallel: int,
     options: ShardOptions,
     lock_timeout: float,
+    transforms: Sequence[Transform],
 ) -> CacheDataset:
     """Take ``key``'s build lock, then open what another process built meanwhile, or build."""
-    name = root.cache_name(subset, key.digest)
-    with BuildLock(root.lock(key.digest), name, lock_timeout) as lock:
-        existing = root.find(key.digest)
+    name = tree.names.cache_name(subset, key.digest)
+    with BuildLock(tree.names.lock(key.digest), name, lock_timeout) as lock:
+        existing = tree.names.find(key.digest)
         if existing is not None:
             try:
-                return _open_checked(existing, key)
+                dataset = _open_checked(tree, existing, key)
             except CorruptCacheError as error:
                 logger.warning("discarding damaged cache %s: %s", existing.name, error)
-                try:
-                    discard(root, existing)
-                except OSError as removal:
-                    raise error from removal
-        leftover = root.path / name
-        if leftover.exists():  # a directory of that name without a valid manifest
-            discard(root, leftover)
-        empty_trash(root.path)  # what a process killed inside `discard` left behind
+                _clear_the_way(tree, existing, error)
+            else:
+                return _verified(tree, dataset)
+        leftover = tree.path / name
+        if tree.root.exists(name):  # a directory of that name without a valid manifest
+            _clear_the_way(tree, leftover, None)
+        empty_trash(tree)  # what a process killed inside `discard` left behind
         path = build(
-            root_path=root.path,
-            staging=root.staging(key.digest),
+            tree=tree,
             name=name,
             subset=subset,
             items=items,
@@ -111,10 +160,11 @@ def _build_under_lock(
             lock=lock,
             parallel=parallel,
             options=options,
+            transforms=transforms,
         )
     with contextlib.suppress(OSError):
-        root.staging_root().rmdir()  # tidy when no other build is staged
-    return CacheDataset(path)
+        os.rmdir(STAGING_DIR, dir_fd=tree.root.fd)  # tidy when no other build is staged
+    return _open_checked(tree, path, key)
 
 
 def ensure_cache(
@@ -127,43 +177,67 @@ def ensure_cache(
     shard_bytes: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     narrow: bool = True,
+    transforms: Sequence[Transform] = (),
+    key: CacheKey | None = None,
 ) -> CacheDataset:
     """Open ``subset``'s cache in ``cache_dir``, building it under the key's lock if needed.
 
     A published cache is opened without the lock (so a read-only cache directory works);
     a damaged one is discarded and rebuilt, or, when it cannot be removed, refused with an
-    error naming the file. ``shard_bytes`` is the shard size target (None: automatic);
-    ``narrow`` stores float tensors as 8- or 16-bit integers where that is exact.
+    error naming the file.
+
+    Args:
+        cache_dir: the cache directory (a relative one is made absolute now).
+        subset: the subset's name (not part of the key: two subsets with the same items
+            share a cache).
+        items: the subset's split items, JSON values.
+        loader: the raw data loader.
+        parallel: decoding processes, as in `CachingDataModule`.
+        shard_bytes: the shard size target (None: automatic).
+        narrow: store float tensors as 8- or 16-bit integers where that is exact.
+        lock_timeout: seconds to wait for another process's build of the same cache.
+        transforms: applied to each sample's tensors before it is stored (as model
+            transforms are, see `shardcache.core.transforms`); part of the key.
+        key: ``cache_key(subset, items, loader, transforms)`` when the caller computed
+            it already (a DataModule computes it once, so that a loader that sets an
+            attribute while decoding keeps its key).
     """
     options = ShardOptions(target_bytes=shard_bytes, narrowing=narrow)
-    root = CacheRoot(Path(cache_dir))  # a str too: scripts without Lightning pass one
-    key = cache_key(subset, items, loader)
+    path = Path(cache_dir).absolute()  # a str too: scripts without Lightning pass one
+    if key is None:
+        key = cache_key(subset, items, loader, transforms)
     damage: CorruptCacheError | None = None
     try:
-        opened = _open_published(root, key)
-    except CorruptCacheError as error:
-        damage = error
-        name = root.cache_name(subset, key.digest)
-        logger.warning("cache %s is damaged and will be rebuilt: %s", name, error)
-    else:
-        if opened is not None:
-            return opened
-        logger.info("%s", explain_miss(root, subset, key, items))
-    try:
-        _prepare_directory(root.path)
-    except CacheDirError as error:
-        if damage is None:
-            raise
-        # Name the damaged file, not only the directory that keeps us from rebuilding it.
-        raise CacheDirError(f"{damage}; it cannot be rebuilt: {error}") from damage
+        tree: CacheTree | None = CacheTree.open(path)
+    except (FileNotFoundError, WrongKindError):  # made, or refused with the reason, below
+        tree = None
+        _explain(CacheRoot(path), subset, key, items)
+    if tree is not None:
+        # A published cache is opened without the lock, nor anything created.
+        with tree:
+            found = tree.names.find(key.digest)
+            try:
+                opened = None if found is None else _open_checked(tree, found, key)
+            except CorruptCacheError as error:
+                damage = error
+                name = tree.names.cache_name(subset, key.digest)
+                logger.warning("cache %s is damaged and will be rebuilt: %s", name, error)
+            else:
+                if opened is not None:
+                    if os.access(tree.path, os.W_OK):  # tag what older versions built
+                        ensure_tagged(tree.root, quiet=True)
+                    return _verified(tree, opened)
+                _explain(tree.names, subset, key, items)
     # Another process may have built it while we waited for the lock: checked under it.
-    return _build_under_lock(
-        root,
-        key,
-        subset,
-        items,
-        loader,
-        parallel=parallel,
-        options=options,
-        lock_timeout=lock_timeout,
-    )
+    with _prepare_tree(path, damage) as tree:
+        return _build_under_lock(
+            tree,
+            key,
+            subset,
+            items,
+            loader,
+            parallel=parallel,
+            options=options,
+            lock_timeout=lock_timeout,
+            transforms=transforms,
+        )

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import CorruptCacheError, FormatVersionError
-from .layout import SHARD_NAME
+from .fs import Directory, WrongKindError, read_regular
+from .layout import MANIFEST_NAME, SHARD_NAME
+
+MAX_MANIFEST_BYTES = 1 << 30
+"""A manifest lists shards and one label per sample: far less than this for any cache."""
 
 FORMAT_NAME = "shardcache"
 FORMAT_VERSION = 2
@@ -61,11 +66,28 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        """Read and check ``path``; `CorruptCacheError` names the file and the field at fault."""
+        """Read and check ``path``; `CorruptCacheError` names the file and the field at fault.
+
+        Its last component is never followed, nor waited on (a FIFO is named).
+        """
+        return cls._parse(lambda: read_regular(path, MAX_MANIFEST_BYTES), path)
+
+    @classmethod
+    def read_in(cls, directory: Directory) -> Manifest:
+        """Read and check the manifest of the opened cache ``directory`` (see `read`)."""
+        path = directory.child(MANIFEST_NAME)
+        return cls._parse(lambda: directory.read_bytes(MANIFEST_NAME, MAX_MANIFEST_BYTES), path)
+
+    @classmethod
+    def _parse(cls, read: Callable[[], bytes], path: Path) -> Manifest:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read().decode("utf-8")
         except FileNotFoundError as error:
             raise CorruptCacheError(f"{path}: manifest is missing", path=path) from error
+        except WrongKindError as error:
+            raise CorruptCacheError(
+                f"{path}: manifest is {error.found}, not a regular file", path=path
+            ) from error
         except (OSError, UnicodeDecodeError) as error:
             raise CorruptCacheError(
                 f"{path}: manifest cannot be read: {error}", path=path
@@ -83,6 +105,8 @@ class Manifest:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise fail(f"manifest is not valid JSON ({error})") from error
+        except RecursionError as error:
+            raise fail("manifest is not valid JSON (nested too deeply)") from error
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise fail(f"not a {FORMAT_NAME} manifest")
         version = data.get("format_version")

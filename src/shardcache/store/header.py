@@ -23,6 +23,7 @@ import xxhash
 
 from ..core.errors import CorruptCacheError
 from ..core.records import skeleton_problem, widening_problem
+from .fs import WrongKindError, open_regular
 
 RECORD_KEY = "shardcache"
 MAX_HEADER_BYTES = 100_000_000
@@ -109,13 +110,23 @@ def storage_of(header: ShardHeader) -> Storage:
     return Storage(len(header.tensors), narrow, stored, stored + served)
 
 
-def file_digest(path: Path) -> str:
-    """xxh3-128 of a whole file, read in 8 MiB pieces."""
+def descriptor_digest(fd: int) -> str:
+    """xxh3-128 of the whole file open at ``fd``, read in 8 MiB pieces from its start."""
     hasher = xxhash.xxh3_128()
-    with path.open("rb") as stream:
-        while chunk := stream.read(8 << 20):
-            hasher.update(chunk)
+    offset = 0
+    while chunk := os.pread(fd, 8 << 20, offset):
+        hasher.update(chunk)
+        offset += len(chunk)
     return hasher.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """xxh3-128 of the regular file at ``path`` (never a FIFO, never through a last symlink)."""
+    fd = open_regular(path)
+    try:
+        return descriptor_digest(fd)
+    finally:
+        os.close(fd)
 
 
 ReadAt = Callable[[int, int], bytes]
@@ -139,25 +150,38 @@ def _header_bytes(path: Path, read_at: ReadAt, size: int) -> bytes:
     if len(prefix) < 8:
         raise _corrupt(path, "shard is shorter than a safetensors header")
     (length,) = struct.unpack("<Q", prefix)
-    if length > min(MAX_HEADER_BYTES, size - 8):
-        raise _corrupt(path, f"shard header length {length} exceeds what the file holds")
+    if length > MAX_HEADER_BYTES:
+        raise _corrupt(
+            path,
+            f"shard header is {length} bytes, over safetensors' limit of {MAX_HEADER_BYTES} "
+            "(written by a shardcache that did not bound headers? `shardcache clear` it)",
+        )
+    if length > size - 8:
+        raise _corrupt(
+            path, f"shard header length {length} exceeds what the file holds ({size} bytes)"
+        )
     return read_at(8, length)
 
 
 def _read_header_bytes(path: Path, expected_bytes: int | None) -> tuple[bytes, int]:
     """The raw JSON header and the size of the file at ``path``."""
     try:
-        with path.open("rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            if expected_bytes is not None and (problem := size_problem(size, expected_bytes)):
-                raise _corrupt(path, problem)
-            return _header_bytes(
-                path, lambda offset, n: os.pread(stream.fileno(), n, offset), size
-            ), size
+        fd = open_regular(path)
     except FileNotFoundError as error:
         raise _corrupt(path, "shard is missing") from error
+    except WrongKindError as error:
+        raise _corrupt(path, f"shard is {error.found}, not a regular file") from error
     except OSError as error:
         raise _corrupt(path, f"shard cannot be read: {error}") from error
+    try:
+        size = os.fstat(fd).st_size
+        if expected_bytes is not None and (problem := size_problem(size, expected_bytes)):
+            raise _corrupt(path, problem)
+        return _header_bytes(path, lambda offset, n: os.pread(fd, n, offset), size), size
+    except OSError as error:
+        raise _corrupt(path, f"shard cannot be read: {error}") from error
+    finally:
+        os.close(fd)
 
 
 def _tensor_entries(path: Path, header: dict[str, Any], data_start: int) -> dict[str, TensorEntry]:
@@ -234,7 +258,7 @@ def read_header(
         record = json.loads(header.pop("__metadata__")[RECORD_KEY])
         records = record["samples"]
         start, stop = record["start"], record["stop"]
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise _corrupt(
             path, f"header is not a shardcache safetensors header ({error!r})"
         ) from error

@@ -1,4 +1,6 @@
-"""Cache keys: SHA-256 over the format version, the split items and the loader's identity.
+"""Cache keys: SHA-256 over the format version, items, loader and build transforms.
+
+The loader's identity and the transforms are described by `identity.describe`.
 
 Never the salted builtin ``hash()`` (two processes would disagree) and never a random
 fallback (the cache would silently miss on every run): whatever cannot be hashed is an
@@ -7,22 +9,16 @@ error that names it and says how to fix it.
 
 from __future__ import annotations
 
-import enum
 import hashlib
-import inspect
 import json
-import math
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any
 
-import torch
-
 from ..core.errors import FingerprintError, SplitError
-from ..core.samples import describe
+from ..core.samples import describe as describe_item
 from .format import FORMAT_VERSION
+from .identity import class_source_digest, describe, describe_attributes
 from .layout import KEY_CHARS_IN_NAME
 
 
@@ -46,27 +42,62 @@ def canonical_json(value: Any) -> str:
     )
 
 
+def _first_non_string_key(value: Any, path: str) -> str | None:
+    """The path of the first dict key in ``value`` that is not a str, or None."""
+    if isinstance(value, dict):
+        for key, element in value.items():
+            if not isinstance(key, str):
+                return f"{path}[{key!r}]"
+            found = _first_non_string_key(element, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, element in enumerate(value):
+            found = _first_non_string_key(element, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _item_error(subset: str, index: int, item: Any, problem: str) -> SplitError:
+    return SplitError(
+        f"{describe_item(subset, index, item)}: split items must be JSON values (str, "
+        f"number, list, dict with string keys), as read from a CSV or JSON protocol "
+        f"file, to be hashed into a cache key ({problem}). Convert the item, e.g. a "
+        "Path to str"
+    )
+
+
 def items_digest(subset: str, items: Sequence[Any]) -> str:
-    """SHA-256 of the items as one canonical JSON list (order matters)."""
+    """SHA-256 of the items as one canonical JSON list (order matters).
+
+    JSON has only string keys, and ``json.dumps`` turns ``{1: "x"}`` into ``{"1": "x"}``
+    silently: two splits would share a key. A non-string key is refused instead. Tuples
+    are accepted and hash as lists (``list(zip(paths, labels))`` is how items are made).
+    """
+    as_list = list(items)
     try:
-        # One call for the whole list: the same bytes as joining the items' texts.
-        return hashlib.sha256(canonical_json(list(items)).encode()).hexdigest()
-    except (TypeError, ValueError):
+        # One call for the whole list: the same bytes as joining the items' texts. The
+        # round trip proves that nothing was converted (no non-string key anywhere).
+        text = canonical_json(as_list)
+        if json.loads(text) == as_list:
+            return hashlib.sha256(text.encode()).hexdigest()
+    except (TypeError, ValueError, RecursionError):
         pass  # find and name the item at fault
     hasher = hashlib.sha256()
     hasher.update(b"[")
-    for index, item in enumerate(items):
+    for index, item in enumerate(as_list):
         try:
             # Encoding inside the try: a lone surrogate (json.loads accepts "\\ud800") cannot
             # be UTF-8 encoded, and must be a SplitError naming the item, not a bare one.
             data = canonical_json(item).encode()
-        except (TypeError, ValueError) as error:
-            raise SplitError(
-                f"{describe(subset, index, item)}: split items must be JSON values (str, "
-                f"number, list, dict with string keys), as read from a CSV or JSON protocol "
-                f"file, to be hashed into a cache key ({error}). Convert the item, e.g. a "
-                "Path to str, a tuple to list"
-            ) from error
+        except (TypeError, ValueError, RecursionError) as error:
+            raise _item_error(subset, index, item, str(error)) from error
+        bad_key = _first_non_string_key(item, "item")
+        if bad_key is not None:
+            raise _item_error(
+                subset, index, item, f"{bad_key} has a non-string key, which JSON cannot hold"
+            )
         if index:
             hasher.update(b",")
         hasher.update(data)
@@ -74,64 +105,16 @@ def items_digest(subset: str, items: Sequence[Any]) -> str:
     return hasher.hexdigest()
 
 
-def _jsonable(value: Any, where: str) -> Any:
-    """``value`` as plain JSON, converting the common non-JSON settings of a loader."""
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return repr(value)
-        return value
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value, where)
-    if isinstance(value, torch.dtype | torch.device):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_jsonable(element, f"{where}[{i}]") for i, element in enumerate(value)]
-    if isinstance(value, dict):
-        converted = {}
-        for key, element in value.items():
-            if not isinstance(key, str):
-                raise FingerprintError(f"{where} has a non-string key {key!r}")
-            converted[key] = _jsonable(element, f"{where}[{key!r}]")
-        return converted
-    raise FingerprintError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}")
-
-
-_SOURCE_DIGESTS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
-"""Per class: ``inspect.getsource`` re-parses the module (~10 ms), once is enough."""
-
-
-def _class_source_digest(cls: type) -> str:
-    """SHA-256 over the source of ``cls`` and its Python-defined bases (cached per class)."""
-    if cls in _SOURCE_DIGESTS:
-        return _SOURCE_DIGESTS[cls]
-    hasher = hashlib.sha256()
-    for klass in cls.__mro__:
-        if klass.__module__ in {"builtins", "typing", "typing_extensions", "abc"}:
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError) as error:
-            if klass is cls:
-                raise FingerprintError(
-                    f"the source of raw data loader class {cls.__qualname__} cannot be read "
-                    f"({error}); add a fingerprint() -> str method to it"
-                ) from error
-            source = f"{klass.__module__}.{klass.__qualname__}"
-        hasher.update(source.encode())
-    digest = _SOURCE_DIGESTS[cls] = hasher.hexdigest()
-    return digest
-
-
 def loader_identity(loader: object) -> dict[str, Any]:
     """What identifies a loader's output: ``fingerprint()``, or class, source and settings.
 
     Without ``fingerprint()``: the qualified class name, a hash of the class source (and
-    its bases'), and every public attribute (names without a leading ``_``). Attributes
-    must be JSON values, paths, enums, dtypes or devices.
+    its bases'), and every instance attribute, private ones included, except those the
+    class lists in ``shardcache_key_ignores`` (see `identity.describe` for what an
+    attribute may hold).
+
+    Raises:
+        FingerprintError: an attribute cannot be described; the message names it.
     """
     cls = type(loader)
     name = f"{cls.__module__}.{cls.__qualname__}"
@@ -143,38 +126,42 @@ def loader_identity(loader: object) -> dict[str, Any]:
                 f"{name}.fingerprint() returned {type(value).__name__}, expected str"
             )
         return {"fingerprint": value}
-    attributes: dict[str, Any] = {}
-    names = sorted(getattr(loader, "__dict__", {}))
-    names += [n for n in getattr(cls, "__slots__", ()) if hasattr(loader, n)]
-    for attribute in names:
-        if attribute.startswith("_"):
-            continue
-        where = f"raw data loader attribute {name}.{attribute}"
-        try:
-            attributes[attribute] = _jsonable(getattr(loader, attribute), where)
-        except FingerprintError as error:
-            raise FingerprintError(
-                f"{error}, which cannot be hashed into a cache key: make it a JSON value, "
-                "prefix its name with '_' if it does not change the samples, or add a "
-                f"fingerprint() -> str method to {cls.__qualname__} that changes whenever "
-                "its samples would"
-            ) from error
+    source = class_source_digest(cls)
+    if source is None:
+        raise FingerprintError(
+            f"the source of raw data loader class {cls.__qualname__} cannot be read; define "
+            "it in a module file, or add a fingerprint() -> str method to it"
+        )
     return {
         "class": name,
-        "source_sha256": _class_source_digest(cls),
-        "attributes": attributes,
+        "source_sha256": source,
+        "attributes": describe_attributes(loader, cls.__qualname__),
     }
 
 
-def cache_key(subset: str, items: Sequence[Any], loader: object) -> CacheKey:
-    """The key of ``items`` decoded by ``loader``; the subset's name is not part of it."""
+def transforms_identity(transforms: Sequence[object]) -> list[Any]:
+    """The descriptions of the transforms a build applies before storing samples."""
+    return [describe(transform, f"transforms[{i}]") for i, transform in enumerate(transforms)]
+
+
+def cache_key(
+    subset: str, items: Sequence[Any], loader: object, transforms: Sequence[object] = ()
+) -> CacheKey:
+    """The key of ``items`` decoded by ``loader``, then ``transforms``; never the subset's name.
+
+    Raises:
+        SplitError: the subset is empty, or an item is not a JSON value.
+        FingerprintError: the loader or a transform cannot be described.
+    """
     if len(items) == 0:
         raise SplitError(f"subset {subset!r} is empty: there is nothing to cache")
-    inputs = {
+    inputs: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "num_items": len(items),
         "items_sha256": items_digest(subset, items),
         "loader": loader_identity(loader),
     }
+    if transforms:
+        inputs["transforms"] = transforms_identity(transforms)
     digest = hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
     return CacheKey(digest=digest, inputs=inputs)

@@ -13,13 +13,18 @@
       .locks/<key>.owner.json              who holds it: pid, host, since, progress
       .locks/<key>.lease                   shared flock of every process that has it open
       .trash/                              caches being deleted (a rename, then unlinks)
+      CACHEDIR.TAG                         marks the directory as a cache (bford.info/cachedir)
+      shardcache-team.json                 a team directory's group (``shardcache share``)
 
-Nothing else in the store spells these names; this module creates nothing.
+Nothing else in the store spells these names; this module creates nothing, and follows no
+symlink (the store opens everything through `fs`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
@@ -36,9 +41,19 @@ STAGING_DIR = ".staging"
 LOCKS_DIR = ".locks"
 TRASH_DIR = ".trash"
 TEMPORARY_PREFIX = ".tmp-"
+TAG_NAME = "CACHEDIR.TAG"
+TEAM_NAME = "shardcache-team.json"
 
 CACHE_NAME = re.compile(rf"^(?P<subset>.+)-(?P<short>[0-9a-f]{{{KEY_CHARS_IN_NAME}}})$")
 SHARD_NAME = re.compile(r"^shard-(\d{9})-(\d{9})-([0-9a-f]{32})\.safetensors$")
+KEY = re.compile(r"^[0-9a-f]{64}$")
+CACHE_FILES = frozenset({MANIFEST_NAME, ITEMS_NAME, LAST_USED_NAME})
+"""The names a cache directory holds besides its shards and temporary files."""
+
+
+def is_cache_file(name: str) -> bool:
+    """Whether ``name`` is one shardcache writes in a cache or staging directory."""
+    return name in CACHE_FILES or bool(SHARD_NAME.match(name)) or name.startswith(TEMPORARY_PREFIX)
 
 
 def shard_name(start: int, stop: int, digest: str) -> str:
@@ -65,7 +80,7 @@ class CacheRoot:
     """Names of everything under one cache directory; creates nothing by itself."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = path.absolute()  # resolved once: a later os.chdir changes nothing
 
     def cache_name(self, subset: str, key: str) -> str:
         """``train-3f2a…``: the readable name of ``subset``'s cache for ``key``."""
@@ -100,14 +115,26 @@ class CacheRoot:
         return self.path / TRASH_DIR
 
     def published(self) -> Iterator[Path]:
-        """Every directory that looks like a published cache, sorted by name."""
+        """Every directory that looks like a published cache, sorted by name.
+
+        Real directories only (a symlink named like a cache is not one), each holding a
+        regular ``manifest.json``; `Manifest.read` checks what it says.
+        """
         try:
-            entries = sorted(self.path.iterdir())
+            with os.scandir(self.path) as scan:
+                names = sorted(entry.name for entry in scan if CACHE_NAME.match(entry.name))
         except (FileNotFoundError, NotADirectoryError):
             return
-        for entry in entries:
-            if CACHE_NAME.match(entry.name) and (entry / MANIFEST_NAME).is_file():
-                yield entry
+        for name in names:
+            entry = self.path / name
+            try:
+                if not stat.S_ISDIR(entry.lstat().st_mode):
+                    continue
+                if not stat.S_ISREG((entry / MANIFEST_NAME).lstat().st_mode):
+                    continue
+            except OSError:
+                continue
+            yield entry
 
     def find(self, key: str) -> Path | None:
         """A published cache of ``key`` under any subset's name, or None.

@@ -32,10 +32,13 @@ from typing import Any
 import filelock
 
 from ..core import settings
-from ..core.errors import LockTimeoutError
+from ..core.errors import CacheDirError, LockTimeoutError
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
 from .atomic import write_atomically
+from .fs import Directory, WrongKindError, read_regular
 from .layout import TEMPORARY_PREFIX
+from .tree import CacheTree
+from .trust import group_name, user_name
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +60,13 @@ class _Backend:
 
     leases = True
 
-    def file_lock(self, path: Path) -> filelock.BaseFileLock:
+    def file_lock(self, path: Path, mode: int | None) -> filelock.BaseFileLock:
         # Created by the caller, in the process that takes it: filelock 4 refuses a lock
-        # object that crossed a fork.
-        return filelock.FileLock(str(path), thread_local=False)
+        # object that crossed a fork. ``mode``: exact permissions (a team's lock files are
+        # group-writable whatever the umask of the member who made them).
+        if mode is None:
+            return filelock.FileLock(str(path), thread_local=False)
+        return filelock.FileLock(str(path), thread_local=False, mode=mode)
 
     def break_stale(
         self,
@@ -77,8 +83,10 @@ class _SoftBackend(_Backend):
 
     leases = False
 
-    def file_lock(self, path: Path) -> filelock.BaseFileLock:
-        return filelock.SoftFileLock(str(path), thread_local=False)
+    def file_lock(self, path: Path, mode: int | None) -> filelock.BaseFileLock:
+        if mode is None:
+            return filelock.SoftFileLock(str(path), thread_local=False)
+        return filelock.SoftFileLock(str(path), thread_local=False, mode=mode)
 
     def break_stale(
         self, lock: filelock.BaseFileLock, path: Path, owner: dict[str, Any] | None
@@ -123,13 +131,35 @@ def owner_path(lock_path: Path) -> Path:
     return lock_path.with_suffix(".owner.json")
 
 
+MAX_OWNER_BYTES = 1 << 16
+"""An owner file is a few hundred bytes; anything larger is not one."""
+
+
 def read_owner(path: Path) -> dict[str, Any] | None:
     """The owner record of a lock, or None when there is none or it is unreadable."""
     try:
-        owner = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        owner = json.loads(read_regular(path, MAX_OWNER_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
     return owner if isinstance(owner, dict) else None
+
+
+def _locks_refused(locks: Path, error: OSError) -> CacheDirError:
+    """`CacheDirError` for a ``.locks`` this user cannot lock in: whose it is, and the fix."""
+    try:
+        info = locks.lstat()
+        whose = (
+            f" (owner {user_name(info.st_uid)}, group {group_name(info.st_gid)}, mode "
+            f"{info.st_mode & 0o7777:04o})"
+        )
+    except OSError:
+        whose = ""
+    return CacheDirError(
+        f"cannot take a build lock in {locks}{whose}: {error.strerror or error}. Use a cache "
+        "directory of your own (cache_dir= or SHARDCACHE_DIR), or have the owner of "
+        f"{locks.parent} make it a team directory: `shardcache share --group GROUP "
+        f"--cache-dir {locks.parent}`"
+    )
 
 
 def describe_owner(owner: dict[str, Any] | None) -> str:
@@ -152,28 +182,62 @@ class BuildLock:
     """
 
     def __init__(self, lock_path: Path, name: str, timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
-        self.lock_path = lock_path
-        self.owner_path = owner_path(lock_path)
+        self.lock_path = lock_path.absolute()
+        self.owner_path = owner_path(self.lock_path)
         self.name = name
         self.timeout = timeout
         self._owner: dict[str, Any] = {}
         self._last_progress = 0.0
         self._backend = backend()
-        self._lock = self._backend.file_lock(lock_path)
+        self._locks: Directory | None = None
+        self._lock: filelock.BaseFileLock | None = None
+
+    def _open_locks(self) -> tuple[Directory, int | None]:
+        """``.locks`` (created, never through a symlink) and the lock files' mode."""
+        with CacheTree.open(self.lock_path.parent.parent, create=True) as tree:
+            try:
+                locks = tree.locks(create=True)
+            except PermissionError as error:
+                raise _locks_refused(self.lock_path.parent, error) from error
+            return locks, tree.policy.shared_file_mode
 
     def __enter__(self) -> BuildLock:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self._locks, mode = self._open_locks()
+        try:
+            self._lock = self._backend.file_lock(self.lock_path, mode)
+            self._acquire(self._lock)
+        except PermissionError as error:
+            self._close_locks()
+            raise _locks_refused(self.lock_path.parent, error) from error
+        except BaseException:
+            self._close_locks()
+            raise
+        # Only a holder writes this key's owner file: temporary ones beside it were left by
+        # a holder killed mid-write.
+        suffix = f"-{self.owner_path.name}"
+        for name, _ in self._locks.entries():
+            if name.startswith(TEMPORARY_PREFIX) and name.endswith(suffix):
+                self._locks.unlink(name, missing_ok=True)
+        self._owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "name": self.name,
+        }
+        self._write_owner()
+        return self
+
+    def _acquire(self, lock: filelock.BaseFileLock) -> None:
         deadline = time.monotonic() + self.timeout
         # The first attempt does not wait, so that a waiter says at once whom it waits for
         # (not after WAIT_LOG_INTERVAL, nor never when the timeout is shorter than that).
         wait = 0.0
         while True:
             try:
-                self._lock.acquire(timeout=wait)
-                break
+                lock.acquire(timeout=wait)
             except filelock.Timeout:
                 owner = read_owner(self.owner_path)
-                if self._backend.break_stale(self._lock, self.lock_path, owner):
+                if self._backend.break_stale(lock, self.lock_path, owner):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -191,18 +255,13 @@ class BuildLock:
                 )
                 # Never past the deadline: lock_timeout is the waiter's own bound.
                 wait = min(WAIT_LOG_INTERVAL, remaining)
-        # Only a holder writes this key's owner file: temporary ones beside it were left by
-        # a holder killed mid-write.
-        for stale in self.owner_path.parent.glob(f"{TEMPORARY_PREFIX}*-{self.owner_path.name}"):
-            stale.unlink(missing_ok=True)
-        self._owner = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "name": self.name,
-        }
-        self._write_owner()
-        return self
+            else:
+                return
+
+    def _close_locks(self) -> None:
+        if self._locks is not None:
+            self._locks.close()
+            self._locks = None
 
     def _write_owner(self) -> None:
         """Best effort: the owner file only informs waiters.
@@ -210,8 +269,11 @@ class BuildLock:
         A full disk must not fail the build for it, nor (raised from ``__enter__``) leave
         the lock taken with no ``__exit__`` to release it.
         """
+        if self._locks is None:
+            return
         try:
-            write_atomically(self.owner_path, json.dumps(self._owner).encode(), durable=False)
+            data = json.dumps(self._owner).encode()
+            write_atomically(self._locks, self.owner_path.name, data, durable=False)
         except OSError as error:
             logger.debug("cannot update the lock owner file %s: %s", self.owner_path, error)
 
@@ -231,14 +293,21 @@ class BuildLock:
         traceback: TracebackType | None,
     ) -> None:
         try:
-            self.owner_path.unlink(missing_ok=True)
+            if self._locks is not None:
+                self._locks.unlink(self.owner_path.name, missing_ok=True)
         finally:
-            self._lock.release()
+            try:
+                if self._lock is not None:
+                    self._lock.release()
+            finally:
+                self._close_locks()
 
 
 def build_in_progress(lock_path: Path) -> bool:
     """Whether a live process holds the build lock at ``lock_path`` (a non-blocking probe)."""
-    if not lock_path.exists():
+    try:
+        lock_path.lstat()
+    except OSError:
         return False
     try:
         with BuildLock(lock_path, lock_path.stem[:24], timeout=0):
@@ -246,10 +315,22 @@ def build_in_progress(lock_path: Path) -> bool:
     except LockTimeoutError:
         return True
     except OSError:
-        return False  # a read-only cache directory: nobody can be building there
+        # A read-only cache directory (nobody can be building there), or locks that are
+        # not this user's to take.
+        return False
 
 
 # --- leases ----------------------------------------------------------------------------------
+
+
+def _open_lease(path: Path, *, create: bool) -> int:
+    """A read-only descriptor of the lease file ``path`` (in ``<cache dir>/.locks``).
+
+    Never through a symlink, never blocking on a FIFO; ``.locks`` is not created.
+    """
+    with Directory.open_root(path.parent.parent) as root, root.subdir(path.parent.name) as locks:
+        flags = os.O_RDONLY | (os.O_CREAT if create else 0)
+        return locks.open_file(path.name, flags, 0o666)
 
 
 class Lease:
@@ -280,7 +361,10 @@ class Lease:
             return None
         try:
             # Read-only access suffices for flock, so users sharing a cache dir can lease.
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = _open_lease(path, create=True)
+        except WrongKindError as error:
+            logger.warning("no lease on %s: %s", path, error)
+            return None
         except OSError as error:
             logger.debug("no lease on %s: %s", path, error)
             return None
@@ -322,7 +406,7 @@ def exclusive_lease(path: Path | None) -> Iterator[bool]:
         yield True
         return
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_lease(path, create=False)
     except FileNotFoundError:
         yield True  # never opened since the lease file was last removed: nobody holds it
         return

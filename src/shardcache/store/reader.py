@@ -2,64 +2,94 @@
 
 Shards are memory-mapped private and read-only-shared (``MAP_PRIVATE``): every process
 reads the same page-cache pages, and a transform that writes into a sample in place gets
-its own copy of the page instead of changing the file or another process's data. Mappings
-open on a process's first read, all shards at once (each header is parsed on its shard's
-first read), and are never pickled: a DataLoader worker started with ``spawn`` opens its
-own, one started with ``fork`` inherits them.
+its own copy of the page instead of changing the file or another process's data.
+
+Everything a reader needs is held from the moment the cache is opened (``setup()``): each
+shard is opened through the cache directory's descriptor (never through a symlink, a FIFO
+never waited on), its size checked, and mapped; without mmap its descriptor is kept. An
+unlinked file lives on while it is mapped or open, so ``shardcache clear`` cannot take a
+shard away from a process that has the cache open, nor does a later ``os.chdir`` matter.
+Each header is parsed on its shard's first read. A DataLoader worker started with
+``fork`` inherits the mappings; one started with ``spawn`` or ``forkserver`` gets the
+dataset pickled without them (mappings cannot be pickled) and opens the shards again by
+name: if the cache was removed in between, its first read names the missing shard.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import mmap
 import os
 import weakref
 from os import PathLike
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from ..core import settings
 from ..core.dtypes import DTYPES_BY_CODE, view_of
-from ..core.errors import CorruptCacheError
+from ..core.errors import CacheDirError, CorruptCacheError
 from ..core.narrow import Narrow, Widening
 from ..core.samples import unflatten
 from ..core.types import Sample
 from .format import Manifest, ShardInfo
-from .header import ShardHeader, TensorEntry, read_header
+from .fs import Directory
+from .header import ShardHeader, TensorEntry, read_header, size_problem
 from .layout import MANIFEST_NAME, CacheRoot
 from .locking import Lease
 from .usage import touch_last_used
-from .verification import check_sizes
 
 
 class _OpenShard:
-    """One shard opened in this process: its mapping (or file) now, its header when read."""
+    """One shard opened in this process: its mapping (or descriptor), its header when read."""
 
-    def __init__(self, path: Path, info: ShardInfo, use_mmap: bool) -> None:
+    def __init__(self, directory: Directory, info: ShardInfo, use_mmap: bool) -> None:
         self.info = info
+        self.path = directory.child(info.file)
         self.storage: torch.UntypedStorage | None = None
-        self.path = path
+        self._mapping: mmap.mmap | None = None
         self.descriptor = -1
         # Per (index, in a DataLoader worker): workers need views of their own (see _view).
         self._samples: dict[tuple[int, bool], tuple[dict[str, Any], list[torch.Tensor | Narrow]]]
         self._samples = {}
         try:
+            descriptor = directory.open_file(info.file)
+        except FileNotFoundError as error:
+            raise CorruptCacheError(f"{self.path}: shard is missing", path=self.path) from error
+        except OSError as error:  # a symlink or FIFO in its place, or no permission
+            problem = str(error) if isinstance(error, CacheDirError) else error.strerror
+            raise CorruptCacheError(
+                f"{self.path}: shard cannot be opened: {problem}", path=self.path
+            ) from error
+        try:
+            problem = size_problem(os.fstat(descriptor).st_size, info.bytes)
+            if problem is not None:
+                raise CorruptCacheError(f"{self.path}: {problem}", path=self.path)
             if use_mmap:
-                # shared=False maps MAP_PRIVATE: reads share the page cache, a write copies
-                # the page.
-                mapped = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=info.bytes)
-                self.storage = cast(torch.UntypedStorage, mapped)
+                # MAP_PRIVATE: reads share the page cache, a write copies the page. The
+                # mapping outlives the descriptor and the file's unlink.
+                self._mapping = mmap.mmap(
+                    descriptor,
+                    info.bytes,
+                    flags=mmap.MAP_PRIVATE,
+                    prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                )
+                self.storage = torch.frombuffer(self._mapping, dtype=torch.uint8).untyped_storage()
             else:
                 # Held open like a mapping, so that reads outlive `shardcache clear` (an
                 # unlink); closed when the shard is dropped, with no ResourceWarning to leak.
-                self.descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                self.descriptor, descriptor = descriptor, -1
                 weakref.finalize(self, os.close, self.descriptor)
-        except (OSError, RuntimeError) as error:  # torch reports a failed open as RuntimeError
-            problem = "shard is missing" if not path.exists() else f"cannot be opened: {error}"
-            raise CorruptCacheError(f"{path}: {problem}", path=path) from error
+        except OSError as error:
+            raise CorruptCacheError(
+                f"{self.path}: shard cannot be mapped: {error}", path=self.path
+            ) from error
+        finally:
+            if descriptor != -1:
+                os.close(descriptor)
 
     @functools.cached_property
     def header(self) -> ShardHeader:
@@ -78,13 +108,8 @@ class _OpenShard:
 
     def _read_at(self, offset: int, size: int) -> bytes:
         """Bytes of this shard from its mapping or descriptor (the file may be unlinked)."""
-        if self.storage is not None:
-            end = min(offset + size, self.info.bytes)
-            return (
-                view_of(self.storage, offset, (max(end - offset, 0),), torch.uint8)
-                .numpy()
-                .tobytes()
-            )
+        if self._mapping is not None:
+            return self._mapping[offset : offset + size]
         return os.pread(self.descriptor, size, offset)
 
     def _view(self, entry: TensorEntry) -> torch.Tensor:
@@ -93,10 +118,10 @@ class _OpenShard:
         dtype = DTYPES_BY_CODE[entry.code]
         if get_worker_info() is not None:
             # In a DataLoader worker, a view of a storage *slice* (still zero-copy): a
-            # worker that sends a view of the from_file storage itself (batch_size=None,
-            # or a collate that passes samples through) fails in torch's reduce_storage
-            # (it dups the mapping's closed fd: EBADF) and the loader hangs; a slice is
-            # shared by copying this sample's bytes only.
+            # worker that sends a view of the mapping's storage itself (batch_size=None,
+            # or a collate that passes samples through) makes torch's reduce_storage move
+            # the whole shard into shared memory; a slice is shared by copying this
+            # sample's bytes only.
             window = self.storage[entry.begin : entry.end]
             return view_of(window, 0, entry.shape, dtype)
         return view_of(self.storage, entry.begin // entry.itemsize, entry.shape, dtype)
@@ -147,34 +172,56 @@ class _OpenShard:
 class CacheDataset(Dataset[Sample]):
     """A published cache directory as a Dataset of ``(tensor, metadata)`` samples.
 
-    Opening reads the manifest and checks every shard's size (no data is read); full
-    checksums are checked by ``shardcache verify``.
+    Opening reads the manifest, checks every shard's size (no data is read) and maps every
+    shard (see the module docstring); full checksums are checked by ``shardcache verify``.
 
     Args:
-        path: the published cache directory.
+        path: the published cache directory (made absolute).
         use_mmap: map shards (default: unless ``SHARDCACHE_MMAP=0``); without mmap each
             read copies the sample from the file.
+        directory: ``path`` already opened (by `ensure_cache`, which checked whose it is).
 
     Raises:
         CorruptCacheError: the manifest or a shard fails a check; the message names it.
     """
 
-    def __init__(self, path: str | PathLike[str], *, use_mmap: bool | None = None) -> None:
-        self.path = Path(path)
-        self.manifest = Manifest.read(self.path / MANIFEST_NAME)
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        use_mmap: bool | None = None,
+        directory: Directory | None = None,
+    ) -> None:
+        self.path = Path(path).absolute()
         self.use_mmap = settings.mmap_enabled() if use_mmap is None else use_mmap
-        # Held until close(): `shardcache prune` never removes a cache a live process holds.
-        # Taken before the shard checks, so that what they find stays there.
-        self._lease = Lease.take(CacheRoot(self.path.parent).lease(self.manifest.key))
+        opened = directory if directory is not None else self._open_directory()
         try:
-            check_sizes(self.path, self.manifest)
-        except BaseException:
-            if self._lease is not None:
-                self._lease.release()
-            raise
-        self._starts = [shard.start for shard in self.manifest.shards]
-        self._shards: list[_OpenShard] | None = None
-        touch_last_used(self.path)  # for `shardcache list` and `prune`
+            self.manifest = Manifest.read_in(opened)
+            # Held until close(): `shardcache prune` never removes a cache a live process
+            # holds. Taken before the shards are opened, so that what they find stays there.
+            self._lease = Lease.take(CacheRoot(self.path.parent).lease(self.manifest.key))
+            try:
+                self._starts = [shard.start for shard in self.manifest.shards]
+                self._shards: list[_OpenShard] | None = self._open_all(opened)
+                touch_last_used(opened)  # for `shardcache list` and `prune`
+            except BaseException:
+                if self._lease is not None:
+                    self._lease.release()
+                raise
+        finally:
+            if directory is None:
+                opened.close()
+
+    def _open_directory(self) -> Directory:
+        """The cache directory, opened through its parent (a symlink to it is refused)."""
+        try:
+            with Directory.open_root(self.path.parent) as parent:
+                return parent.subdir(self.path.name)
+        except FileNotFoundError as error:
+            manifest = self.path / MANIFEST_NAME
+            raise CorruptCacheError(f"{manifest}: manifest is missing", path=manifest) from error
+        except CacheDirError as error:
+            raise CorruptCacheError(str(error), path=self.path) from error
 
     def __len__(self) -> int:
         return self.manifest.num_samples
@@ -183,16 +230,9 @@ class CacheDataset(Dataset[Sample]):
         """Every sample's label, from the manifest (no shard is read)."""
         return list(self.manifest.labels)
 
-    def _open_all(self) -> list[_OpenShard]:
-        """Map every shard now, so that ``shardcache clear`` cannot take one away mid-epoch.
-
-        (It unlinks files; a mapping outlives the unlink.)
-        """
-        shards = [
-            _OpenShard(self.path / info.file, info, self.use_mmap) for info in self.manifest.shards
-        ]
-        self._shards = shards
-        return shards
+    def _open_all(self, directory: Directory) -> list[_OpenShard]:
+        """Open and map every shard of ``directory`` (see the module docstring)."""
+        return [_OpenShard(directory, info, self.use_mmap) for info in self.manifest.shards]
 
     def _shard(self, index: int) -> tuple[_OpenShard, int]:
         """The open shard holding sample ``index`` (negative counts from the end)."""
@@ -200,8 +240,22 @@ class CacheDataset(Dataset[Sample]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} is out of range for {len(self)} samples")
-        shards = self._shards if self._shards is not None else self._open_all()
+        shards = self._shards if self._shards is not None else self._reopen()
         return shards[bisect.bisect_right(self._starts, index) - 1], index
+
+    def _reopen(self) -> list[_OpenShard]:
+        """Open the shards again, by name: unpickled in a spawned worker, or closed."""
+        try:
+            with self._open_directory() as directory:
+                self._shards = self._open_all(directory)
+        except CorruptCacheError as error:
+            raise CorruptCacheError(
+                f"{error} (this process opens the cache by name: it is a DataLoader worker "
+                "started with spawn or forkserver, or reads after close(); a cache removed "
+                "after setup() is gone for it)",
+                path=error.path,
+            ) from error
+        return self._shards
 
     def __getitem__(self, index: int) -> Sample:
         shard, index = self._shard(index)
@@ -216,7 +270,8 @@ class CacheDataset(Dataset[Sample]):
         return shard.sample(index, lazy=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Paths and the manifest only: mappings and file handles never cross processes.
+        # Paths and the manifest only: mappings and file handles never cross processes
+        # (a spawned worker opens the shards again, by name).
         state = self.__dict__.copy()
         state["_shards"] = None
         state["_lease"] = None  # a file descriptor: the process that opened the cache holds it
@@ -224,7 +279,7 @@ class CacheDataset(Dataset[Sample]):
 
     def close(self) -> None:
         """Drop this process's mappings and lease (tensors already served stay valid)."""
-        self._shards = None
+        self._shards = None  # a later read opens the shards again, by name
         if self._lease is not None:
             self._lease.release()
             self._lease = None

@@ -10,10 +10,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import queue
-import shutil
 import threading
-from pathlib import Path
 
 from ..core.decoding import Decoded
 from ..core.errors import InsufficientSpaceError
@@ -21,6 +20,7 @@ from ..core.units import format_size
 from .atomic import PendingFile
 from .codec import Encoded
 from .format import ShardInfo
+from .fs import Directory
 from .layout import shard_name, shard_stem
 from .options import DEFAULT_SHARD_BYTES, ShardOptions, automatic_shard_bytes
 from .shardfile import write_shard
@@ -50,11 +50,17 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 Sample = Decoded[Encoded]
 
 
-def no_space(error: OSError, what: str, staging: Path) -> InsufficientSpaceError:
+def free_bytes(directory: Directory) -> int:
+    """Bytes an unprivileged user may still write on ``directory``'s filesystem."""
+    info = os.fstatvfs(directory.fd)
+    return info.f_bavail * info.f_frsize
+
+
+def no_space(error: OSError, what: str, staging: Directory) -> InsufficientSpaceError:
     """The error for a full disk while writing ``what``, naming the directory and free space."""
     space = InsufficientSpaceError(
-        f"no space left on device while writing {what} to {staging}: "
-        f"{format_size(shutil.disk_usage(staging).free)} free. Completed shards stay there for "
+        f"no space left on device while writing {what} to {staging.path}: "
+        f"{format_size(free_bytes(staging))} free. Completed shards stay there for "
         "the next build to resume (`shardcache clear` removes them)"
     )
     space.errno = error.errno
@@ -74,7 +80,7 @@ class ShardWriter:
     the GIL); a bounded queue keeps at most two shards in memory.
     """
 
-    def __init__(self, staging: Path, options: ShardOptions, samples_to_write: int) -> None:
+    def __init__(self, staging: Directory, options: ShardOptions, samples_to_write: int) -> None:
         self.staging = staging
         self.automatic_size = options.target_bytes is None
         self.shard_bytes = options.target_bytes or DEFAULT_SHARD_BYTES
@@ -118,14 +124,14 @@ class ShardWriter:
 
     def _check_free_space(self) -> None:
         needed = int(self._seen_bytes / self._seen * self.samples_to_write * SPACE_MARGIN)
-        free = shutil.disk_usage(self.staging).free
+        free = free_bytes(self.staging)
         if needed > free:
             # Refused: writing what is pending would only fill the disk, and a full disk
             # there would replace this error (which has the numbers) with ENOSPC.
             self._pending = []
             self._pending_bytes = self._pending_header = 0
             raise InsufficientSpaceError(
-                f"not enough free space to build the cache in {self.staging.parent.parent}: "
+                f"not enough free space to build the cache in {self.staging.path.parent.parent}: "
                 f"needs about {format_size(needed)} ({self.samples_to_write} samples of about "
                 f"{format_size(self._seen_bytes // self._seen)}), {format_size(free)} free. "
                 "Free some space (`shardcache prune`), or set cache_dir / SHARDCACHE_DIR elsewhere"
@@ -151,16 +157,16 @@ class ShardWriter:
         # The final name carries the checksum, known once the file is written; until the
         # rename, the temporary name keeps resume scans and readers away from it.
         try:
-            with PendingFile(self.staging / shard_stem(start, stop)) as pending:
+            with PendingFile(self.staging, shard_stem(start, stop)) as pending:
                 header, digest = write_shard(pending.stream, samples)
-                final = self.staging / shard_name(start, stop, digest)
+                final = shard_name(start, stop, digest)
                 pending.commit(final)
         except OSError as error:
             if error.errno in NO_SPACE:
                 raise no_space(error, f"samples [{start}, {stop})", self.staging) from error
             raise
-        logger.debug("wrote %s (%d samples, %d bytes)", final.name, stop - start, header.file_bytes)
-        info = ShardInfo(final.name, start, stop, header.file_bytes, digest)
+        logger.debug("wrote %s (%d samples, %d bytes)", final, stop - start, header.file_bytes)
+        info = ShardInfo(final, start, stop, header.file_bytes, digest)
         return StagedShard(info, header)
 
     def close(self) -> None:

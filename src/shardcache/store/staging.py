@@ -3,19 +3,23 @@
 A shard under its final name in ``.staging/<key>/`` is complete (it was fsynced and renamed
 there); an interrupted build leaves such shards, and the next build of the same key reuses
 every one whose header and checksum still hold, and decodes only the samples they lack.
+Anything else found there (a temporary file, a damaged shard, a symlink or FIFO named like
+a shard) is removed, never followed or read.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..core.errors import CorruptCacheError
 from .format import ShardInfo
-from .header import ShardHeader, file_digest, read_header
+from .fs import Directory, WrongKindError
+from .header import ShardHeader, descriptor_digest, read_header
 from .layout import SHARD_NAME, TEMPORARY_PREFIX
+from .tree import CacheTree
 
 logger = logging.getLogger(__name__)
 
@@ -28,57 +32,66 @@ class StagedShard:
     header: ShardHeader
 
 
-def make_staging(staging: Path) -> None:
-    """Create ``staging`` and its parent, ``.staging``.
+def make_staging(tree: CacheTree, key: str) -> Directory:
+    """Create (or open) ``.staging/<key>``, never through a symlink.
 
     Another key's build removes ``.staging`` when it is empty (`ensure_cache` tidies up);
-    if that lands between our creating it and creating ``staging`` in it, try again.
+    if that lands between our creating it and creating ``<key>`` in it, try again.
     """
     for _ in range(10):
         try:
-            staging.mkdir(parents=True, exist_ok=True)
+            return tree.staging(key, create=True)
         except FileNotFoundError:
             continue
-        return
-    staging.mkdir(parents=True, exist_ok=True)
+    return tree.staging(key, create=True)
 
 
-def _verified(path: Path, num_items: int) -> StagedShard | None:
-    """The shard at ``path`` if its header, range and checksum hold; else it is deleted."""
-    match = SHARD_NAME.match(path.name)
+def _verified(staging: Directory, name: str, num_items: int) -> StagedShard | None:
+    """The shard ``name`` if its header, range and checksum hold; else it is deleted."""
+    match = SHARD_NAME.match(name)
     if match is None:
         return None
     start, stop, digest = int(match[1]), int(match[2]), match[3]
+    path = staging.child(name)
     try:
-        header = read_header(path)
+        fd = staging.open_file(name)
+    except WrongKindError as error:
+        logger.warning("not resuming from %s: %s", path, error)
+        staging.remove_tree(name)
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        header = read_header(path, opened=(lambda offset, n: os.pread(fd, n, offset), size))
         if (header.start, header.stop) != (start, stop) or stop > num_items:
             raise CorruptCacheError(f"{path}: range does not match its name", path=path)
-        if file_digest(path) != digest:
+        if descriptor_digest(fd) != digest:
             raise CorruptCacheError(f"{path}: checksum does not match its name", path=path)
     except CorruptCacheError as error:
         logger.warning("not resuming from a damaged shard: %s", error)
-        path.unlink()
+        staging.unlink(name, missing_ok=True)
         return None
-    return StagedShard(ShardInfo(path.name, start, stop, header.file_bytes, digest), header)
+    finally:
+        os.close(fd)
+    return StagedShard(ShardInfo(name, start, stop, header.file_bytes, digest), header)
 
 
-def reusable_shards(staging: Path, num_items: int) -> list[StagedShard]:
+def reusable_shards(staging: Directory, num_items: int) -> list[StagedShard]:
     """Complete, checksum-verified shards of an interrupted build; others are deleted.
 
     The caller holds the build lock: a temporary file here is a dead writer's.
     """
     found: list[StagedShard] = []
-    for path in sorted(staging.iterdir()):
-        if path.name.startswith(TEMPORARY_PREFIX):
-            path.unlink()
+    for name, _ in staging.entries():
+        if name.startswith(TEMPORARY_PREFIX):
+            staging.remove_tree(name)
             continue
-        shard = _verified(path, num_items)
+        shard = _verified(staging, name, num_items)
         if shard is not None:
             found.append(shard)
     kept: list[StagedShard] = []
     for shard in sorted(found, key=lambda s: s.info.start):
         if kept and shard.info.start < kept[-1].info.stop:
-            (staging / shard.info.file).unlink()  # overlaps a kept one: never serve twice
+            staging.unlink(shard.info.file)  # overlaps a kept one: never serve twice
             continue
         kept.append(shard)
     return kept

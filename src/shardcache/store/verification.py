@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..core.errors import CorruptCacheError
 from .format import Manifest, ShardInfo
+from .fs import WrongKindError, lstat_regular
 from .header import file_digest, read_header, size_problem
 from .layout import MANIFEST_NAME
 
@@ -28,9 +29,11 @@ class Problem:
 def shard_size_problem(directory: Path, shard: ShardInfo) -> str | None:
     """What is wrong with the size of ``shard`` in ``directory`` (missing included), or None."""
     try:
-        size = (directory / shard.file).stat().st_size
+        size = lstat_regular(directory / shard.file).st_size
     except FileNotFoundError:
         return "shard is missing"
+    except WrongKindError as error:
+        return f"shard is {error.found}, not a regular file"
     except OSError as error:
         return f"shard cannot be read: {error}"
     return size_problem(size, shard.bytes)
@@ -43,13 +46,6 @@ def first_size_problem(directory: Path, manifest: Manifest) -> Problem | None:
         if problem is not None:
             return Problem(directory / shard.file, problem)
     return None
-
-
-def check_sizes(directory: Path, manifest: Manifest) -> None:
-    """Raise `CorruptCacheError` naming the first shard that is missing or of the wrong size."""
-    found = first_size_problem(directory, manifest)
-    if found is not None:
-        raise CorruptCacheError(f"{found.file}: {found.problem}", path=found.file)
 
 
 def without_path(error: CorruptCacheError, path: Path) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +23,12 @@ from typing import Any
 
 from .._version import __version__
 from ..core.decoding import decode
-from ..core.types import RawDataLoader
+from ..core.types import RawDataLoader, Transform
 from ..core.units import format_size
-from .atomic import fsync_directory, write_atomically
+from .atomic import write_atomically
 from .codec import encode
 from .format import Manifest
+from .fs import Directory
 from .header import Storage, storage_of
 from .key import CacheKey, canonical_json
 from .layout import ITEMS_NAME, MANIFEST_NAME
@@ -34,12 +36,13 @@ from .locking import BuildLock
 from .options import ShardOptions
 from .shardwriter import NO_SPACE, ShardWriter, no_space
 from .staging import StagedShard, make_staging, missing_indices, reusable_shards
+from .tree import CacheTree
 
 logger = logging.getLogger(__name__)
 
 
 def _decode_missing(
-    staging: Path,
+    staging: Directory,
     name: str,
     subset: str,
     items: Sequence[Any],
@@ -47,6 +50,7 @@ def _decode_missing(
     lock: BuildLock,
     parallel: int,
     options: ShardOptions,
+    transforms: Sequence[Transform],
 ) -> tuple[list[StagedShard], int]:
     """Every shard of the build, and the shard size the writer chose.
 
@@ -63,13 +67,22 @@ def _decode_missing(
             len(missing),
         )
     else:
-        logger.info("building %s (%d samples) in %s", name, len(items), staging.parent.parent)
+        logger.info("building %s (%d samples) in %s", name, len(items), staging.path.parent.parent)
     if not missing:
         return sorted(reused, key=lambda shard: shard.info.start), options.target_bytes or 0
     writer = ShardWriter(staging, options, len(missing))
     prepare = functools.partial(encode, narrowing=options.narrowing)
     try:
-        for sample in decode(subset, items, loader, prepare, indices=missing, parallel=parallel):
+        decoded = decode(
+            subset,
+            items,
+            loader,
+            prepare,
+            indices=missing,
+            parallel=parallel,
+            transforms=transforms,
+        )
+        for sample in decoded:
             writer.add(sample)
             lock.report_progress(len(items) - len(missing) + writer.samples_written, len(items))
     finally:
@@ -79,23 +92,33 @@ def _decode_missing(
     return shards, writer.shard_bytes
 
 
-def _publish(staging: Path, final: Path, manifest: Manifest, items: Sequence[Any]) -> None:
-    """Write the items and the manifest, then rename ``staging`` to ``final``."""
+def _publish(
+    tree: CacheTree, staging: Directory, name: str, manifest: Manifest, items: Sequence[Any]
+) -> Path:
+    """Write the items and the manifest, then rename ``staging`` to ``name``; its path."""
     # The manifest goes last: its presence is what makes the directory a cache.
     for file_name, text in (
         (ITEMS_NAME, canonical_json(list(items))),
         (MANIFEST_NAME, manifest.to_json()),
     ):
         try:
-            write_atomically(staging / file_name, text.encode())
+            write_atomically(staging, file_name, text.encode())
         except OSError as error:
             # A disk that fills up after the last shard must still give the clear error.
             if error.errno in NO_SPACE:
                 raise no_space(error, file_name, staging) from error
             raise
-    fsync_directory(staging)
-    staging.rename(final)  # one atomic step from "building" to "published"
-    fsync_directory(final.parent)
+    mode = tree.policy.published_mode
+    if mode is not None:  # a team's caches: nobody changes one once it is published
+        for file_name, _ in staging.walk_files():
+            os.chmod(file_name, mode, dir_fd=staging.fd)
+    staging.fsync()
+    with tree.staging_root() as staging_root:
+        # One atomic step from "building" to "published", of the directory this build
+        # made (renamed through descriptors: never a symlink planted in its place).
+        staging_root.rename(manifest.key, tree.root, name)
+    tree.root.fsync()
+    return tree.path / name
 
 
 def _describe(storage: Storage) -> str:
@@ -111,8 +134,7 @@ def _describe(storage: Storage) -> str:
 
 def build(
     *,
-    root_path: Path,
-    staging: Path,
+    tree: CacheTree,
     name: str,
     subset: str,
     items: Sequence[Any],
@@ -121,27 +143,27 @@ def build(
     lock: BuildLock,
     parallel: int,
     options: ShardOptions,
+    transforms: Sequence[Transform] = (),
 ) -> Path:
-    """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
-    make_staging(staging)
-    shards, chosen_bytes = _decode_missing(
-        staging, name, subset, items, loader, lock, parallel, options
-    )
-    storage = sum((storage_of(shard.header) for shard in shards), Storage())
-    manifest = Manifest(
-        key=key.digest,
-        subset=subset,
-        num_samples=len(items),
-        shards=tuple(shard.info for shard in shards),
-        labels=tuple(record.get("label") for s in shards for record in s.header.records),
-        key_inputs=key.inputs,
-        library_version=__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        storage=vars(storage),
-        shard_options=options.record(chosen_bytes),
-    )
-    final = root_path / name
-    _publish(staging, final, manifest, items)
+    """Build and publish the cache ``name`` in ``tree``; the caller holds ``lock``."""
+    with make_staging(tree, key.digest) as staging:
+        shards, chosen_bytes = _decode_missing(
+            staging, name, subset, items, loader, lock, parallel, options, transforms
+        )
+        storage = sum((storage_of(shard.header) for shard in shards), Storage())
+        manifest = Manifest(
+            key=key.digest,
+            subset=subset,
+            num_samples=len(items),
+            shards=tuple(shard.info for shard in shards),
+            labels=tuple(record.get("label") for s in shards for record in s.header.records),
+            key_inputs=key.inputs,
+            library_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            storage=vars(storage),
+            shard_options=options.record(chosen_bytes),
+        )
+        final = _publish(tree, staging, name, manifest, items)
     logger.info(
         "published %s: %d samples, %d shards, %s", name, len(items), len(shards), _describe(storage)
     )

@@ -2,21 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 from ..core import settings
+from ..core.types import RawDataLoader
 from ..store.cache import ensure_cache
+from ..store.key import CacheKey, cache_key
 from ..store.reader import CacheDataset
 from .base import Subset, TierOptions
 
 
 class DiskTier:
-    """Builds a missing cache in `prepare`; every process maps it in `open`."""
+    """Builds a missing cache in `prepare`; every process maps it in `open`.
+
+    The cache directory is resolved once (an absolute path: a later ``os.chdir`` changes
+    nothing), and each subset's key is computed once: a loader that sets an attribute
+    while decoding in this process (``parallel=-1``) would otherwise reach `open` with
+    another key than `prepare` built.
+    """
 
     def __init__(self, options: TierOptions) -> None:
         self.options = options
+        self._cache_dir: Path | None = None
+        # Per subset name: the items and loader the key was computed from (held, so that
+        # their ids stay theirs), and the key.
+        self._keys: dict[str, tuple[Sequence[Any], RawDataLoader, CacheKey]] = {}
+
+    def cache_dir(self) -> Path:
+        """The cache directory, resolved on first use (``$SHARDCACHE_DIR`` read then)."""
+        if self._cache_dir is None:
+            self._cache_dir = settings.cache_dir(self.options.cache_dir).absolute()
+        return self._cache_dir
+
+    def key(self, subset: Subset) -> CacheKey:
+        """``subset``'s cache key, computed on first use for these items and this loader."""
+        known = self._keys.get(subset.name)
+        if known is not None and known[0] is subset.items and known[1] is subset.loader:
+            return known[2]
+        key = cache_key(subset.name, subset.items, subset.loader)
+        self._keys[subset.name] = (subset.items, subset.loader, key)
+        return key
 
     def _ensure(self, subset: Subset) -> CacheDataset:
         return ensure_cache(
-            settings.cache_dir(self.options.cache_dir),
+            self.cache_dir(),
             subset.name,
             subset.items,
             subset.loader,
@@ -24,6 +55,7 @@ class DiskTier:
             shard_bytes=self.options.shard_bytes,
             lock_timeout=self.options.lock_timeout,
             narrow=self.options.narrow,
+            key=self.key(subset),
         )
 
     def prepare(self, subset: Subset) -> None:

@@ -1,4 +1,8 @@
-"""Model transforms, applied to a private copy of each served sample: never to a cache.
+"""Transforms applied to a sample's tensors, on a copy.
+
+Model transforms (``CachingDataModule(model_transforms=...)``) are applied to each served
+sample and never cached; ``ensure_cache(transforms=...)`` applies transforms once, before a
+build stores each sample (they are then part of the cache key).
 
 What a transform receives: the tensor of a ``(tensor, metadata)`` pair; in a dict sample,
 each ``tv_tensors`` value (images, masks, boxes: torchvision's v2 transforms treat each by
@@ -12,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..core.errors import ConfigurationError
-from ..core.types import Sample, Transform
+from .errors import ConfigurationError
+from .types import Sample, Transform
 
 
 def _is_tv_tensor(value: object) -> bool:
@@ -38,7 +42,7 @@ def transform_sample(sample: Sample, transforms: Sequence[Transform]) -> Sample:
     targets = [key for key, value in sample.items() if _is_tv_tensor(value)]
     if not targets:
         raise ConfigurationError(
-            "model_transforms apply to the tensor of a (Tensor, dict) sample, or to the "
+            "transforms apply to the tensor of a (Tensor, dict) sample, or to the "
             f"tv_tensors values of a dict sample; this sample has none (keys: {list(sample)})"
         )
     transformed: dict[str, Any] = dict(sample)
