@@ -246,5 +246,7 @@ def test_narrow_false_stores_floats_as_they_are_and_serves_the_same(tmp_path: Pa
     assert wide_cache.manifest.shard_options["narrowing"] is False
     assert narrow_cache.manifest.storage["narrow_tensors"] == 12
     assert all(_same(narrow_cache[i], wide_cache[i]) for i in range(12))
-    batches = zip(narrow.unshuffled_train_dataloader(), wide.unshuffled_train_dataloader())
+    batches = zip(
+        narrow.unshuffled_train_dataloader(), wide.unshuffled_train_dataloader(), strict=True
+    )
     assert all(_same(a, b) for a, b in batches)

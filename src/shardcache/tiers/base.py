@@ -8,7 +8,7 @@ from os import PathLike
 from typing import Any, Protocol
 
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
-from ..core.types import RawDataLoader, SampleDataset
+from ..core.types import RawDataLoader, SampleDataset, Transform
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,16 @@ class Subset:
         items: the split items, JSON-like values.
         loader: the raw data loader.
         parallel: processes for decoding: ``-1`` none, ``0`` one per CPU, ``n``.
+        transforms: applied to each sample before a tier keeps it (mednet's model
+            transforms: resize, to-RGB...; see `shardcache.core.transforms`); the disk
+            tier's key includes them.
     """
 
     name: str
     items: Sequence[Any]
     loader: RawDataLoader
     parallel: int = -1
+    transforms: tuple[Transform, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ class DiskTier:
         self._cache_dir: Path | None = None
         # Per subset name: the items and loader the key was computed from (held, so that
         # their ids stay theirs), and the key.
-        self._keys: dict[str, tuple[Sequence[Any], RawDataLoader, CacheKey]] = {}
+        self._keys: dict[str, tuple[Sequence[Any], RawDataLoader, tuple[Any, ...], CacheKey]] = {}
 
     def cache_dir(self) -> Path:
         """The cache directory, resolved on first use (``$SHARDCACHE_DIR`` read then)."""
@@ -37,12 +37,18 @@ class DiskTier:
         return self._cache_dir
 
     def key(self, subset: Subset) -> CacheKey:
-        """``subset``'s cache key, computed on first use for these items and this loader."""
+        """``subset``'s cache key, computed on first use for these items, loader, transforms."""
         known = self._keys.get(subset.name)
-        if known is not None and known[0] is subset.items and known[1] is subset.loader:
-            return known[2]
-        key = cache_key(subset.name, subset.items, subset.loader)
-        self._keys[subset.name] = (subset.items, subset.loader, key)
+        if (
+            known is not None
+            and known[0] is subset.items
+            and known[1] is subset.loader
+            and len(known[2]) == len(subset.transforms)
+            and all(a is b for a, b in zip(known[2], subset.transforms, strict=True))
+        ):
+            return known[3]
+        key = cache_key(subset.name, subset.items, subset.loader, subset.transforms)
+        self._keys[subset.name] = (subset.items, subset.loader, subset.transforms, key)
         return key
 
     def _ensure(self, subset: Subset) -> CacheDataset:
@@ -55,6 +61,7 @@ class DiskTier:
             shard_bytes=self.options.shard_bytes,
             lock_timeout=self.options.lock_timeout,
             narrow=self.options.narrow,
+            transforms=subset.transforms,
             key=self.key(subset),
         )
 

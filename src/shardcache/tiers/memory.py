@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from ..core.decoding import decode
 from ..core.samples import fresh
-from ..core.types import RawDataLoader, Sample
+from ..core.types import RawDataLoader, Sample, Transform
 from .base import Subset, TierOptions
 
 
@@ -43,12 +43,21 @@ class MemoryDataset(Dataset[Sample]):
 
     @classmethod
     def load(
-        cls, subset: str, items: Sequence[Any], loader: RawDataLoader, *, parallel: int = -1
+        cls,
+        subset: str,
+        items: Sequence[Any],
+        loader: RawDataLoader,
+        *,
+        parallel: int = -1,
+        transforms: Sequence[Transform] = (),
     ) -> MemoryDataset:
-        """Decode every item exactly once, with ``parallel`` processes."""
+        """Decode every item exactly once, with ``parallel`` processes, then ``transforms``."""
         samples: list[Sample] = []
         labels: list[int | None] = []
-        for decoded in decode(subset, items, loader, _as_is, parallel=parallel):
+        decoded_items = decode(
+            subset, items, loader, _as_is, parallel=parallel, transforms=transforms
+        )
+        for decoded in decoded_items:
             samples.append(_private(decoded.value))
             labels.append(decoded.label)
         return cls(samples, labels)
@@ -80,5 +89,9 @@ class MemoryTier:
     def open(self, subset: Subset) -> MemoryDataset:
         """Decode every item now, with ``subset.parallel`` processes."""
         return MemoryDataset.load(
-            subset.name, subset.items, subset.loader, parallel=subset.parallel
+            subset.name,
+            subset.items,
+            subset.loader,
+            parallel=subset.parallel,
+            transforms=subset.transforms,
         )

@@ -9,17 +9,25 @@ from torch.utils.data import Dataset
 
 from ..core.decoding import read_label
 from ..core.samples import Where, canonical_sample, describe
-from ..core.types import RawDataLoader, Sample
+from ..core.transforms import transform_sample
+from ..core.types import RawDataLoader, Sample, Transform
 from .base import Subset, TierOptions
 
 
 class RawDataset(Dataset[Sample]):
     """Decodes ``items[index]`` with the raw loader on every ``[index]``."""
 
-    def __init__(self, subset: str, items: Sequence[Any], loader: RawDataLoader) -> None:
+    def __init__(
+        self,
+        subset: str,
+        items: Sequence[Any],
+        loader: RawDataLoader,
+        transforms: Sequence[Transform] = (),
+    ) -> None:
         self.subset = subset
         self.items = items
         self.loader = loader
+        self.transforms = tuple(transforms)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -34,7 +42,11 @@ class RawDataset(Dataset[Sample]):
                 error.add_note(f"while decoding {describe(self.subset, index, item)}")
             raise
         # The same rule as the tiers that store samples: every tier serves the same.
-        return canonical_sample(value, Where(self.subset, index, item))
+        where = Where(self.subset, index, item)
+        sample = canonical_sample(value, where)
+        if self.transforms:
+            sample = canonical_sample(transform_sample(sample, self.transforms), where)
+        return sample
 
     def labels(self) -> list[int | None]:
         """Labels from ``loader.label(item)`` (or ``target(item)``), without decoding."""
@@ -55,4 +67,4 @@ class NoneTier:
 
     def open(self, subset: Subset) -> RawDataset:
         """A dataset that decodes on access."""
-        return RawDataset(subset.name, subset.items, subset.loader)
+        return RawDataset(subset.name, subset.items, subset.loader, subset.transforms)

@@ -1,0 +1,332 @@
+"""mednet 2.x's data modules on shardcache's tiers: a one-line switch in a mednet config.
+
+::
+
+    # from mednet.data.datamodule import CachingDataModule
+    from shardcache.mednet import CachingDataModule
+
+    datamodule = CachingDataModule(
+        JSONDatabaseSplit(path), RawDataLoader(),
+        database_name="montgomery", split_name="default", task="classification",
+        num_classes=1,
+        cache="disk",  # optional: without it, mednet's cache_samples decides (memory/none)
+    )
+
+`CachingDataModule` and `ConcatDataModule` subclass mednet's classes of the same names, so
+mednet's scripts, models and ``isinstance`` checks see mednet's data modules: the same
+constructor (keywords after the split and loader), attributes (``cache_samples``,
+``parallel``, ``batch_size``, ``model_transforms``... read when a subset is set up or a
+loader is made), stages (predict serves every subset; validation falls back to ``train``;
+``teardown`` keeps the datasets, as mednet does), DataLoaders and log lines. What changes is
+where samples come from: the tier named by ``cache`` (``"none"``, ``"memory"``, ``"disk"``;
+an explicit ``cache`` wins over ``cache_samples``, which mednet's scripts always assign).
+``model_transforms`` are applied before caching, as mednet does (to each ``tv_tensors``
+value of a sample); the disk tier's key includes them, so a changed transform is a new
+cache. With mednet's default ``collate_fn``, batches are assembled by `BatchCollator`:
+the same batches as ``default_collate``, in reused buffers.
+
+mednet is an optional dependency: ``pip install "shardcache[mednet]"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from os import PathLike
+from typing import Any
+
+try:
+    import mednet.data.datamodule as _mednet
+    from mednet.data.typing import Dataset as _MednetDataset
+except ImportError as error:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "shardcache.mednet needs mednet 2.1: pip install 'shardcache[mednet]'"
+    ) from error
+
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from .core.errors import ConfigurationError
+from .core.settings import DEFAULT_LOCK_TIMEOUT
+from .core.types import RawDataLoader, Sample, SampleDataset
+from .core.workers import num_workers
+from .serving.collate import BatchCollator
+from .tiers import Subset, Tier, TierOptions, check_tier_name, make_tier
+
+logger = logging.getLogger(__name__)
+
+MEDNET_LOG = logging.getLogger("mednet.data.datamodule")
+"""mednet's own data-module logger: its command line shows only ``mednet.*`` loggers, and
+its tests count the lines a data module logs there."""
+
+TRADE_OFFS = {
+    "none": "without caching. Trade-off: CPU RAM usage: less | Disk I/O: more",
+    "memory": "into memory (caching). Trade-off: CPU RAM usage: more | Disk I/O: less",
+    "disk": (
+        "from the disk cache (shardcache: decoded once, memory-mapped). Trade-off: CPU RAM "
+        "usage: page cache, shared | Disk I/O: once"
+    ),
+}
+
+
+class TierDataset(_MednetDataset):
+    """One subset's samples from a shardcache tier, as a mednet ``Dataset``.
+
+    ``targets()`` reads ``raw_data_loader.target(item)`` for each item, without decoding:
+    mednet's loss balancing uses it rather than iterate the whole subset.
+    """
+
+    def __init__(
+        self, dataset: SampleDataset, items: Sequence[Any], loader: RawDataLoader, *, lazy: bool
+    ) -> None:
+        self.dataset = dataset
+        self.items = items
+        self.loader = loader
+        self.lazy = lazy  # batches fetched for our BatchCollator may hold narrow tensors
+
+    def targets(self) -> list[torch.Tensor]:
+        """Every item's target, from ``raw_data_loader.target``."""
+        return [self.loader.target(item) for item in self.items]  # type: ignore[attr-defined]
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """A batch's samples; narrow stored tensors stay narrow for `BatchCollator`."""
+        lazy = getattr(self.dataset, "lazy_sample", None) if self.lazy else None
+        if lazy is not None:
+            return [lazy(index) for index in indices]
+        return [self.dataset[index] for index in indices]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def close(self) -> None:
+        """Release the tier dataset (mappings, leases)."""
+        self.dataset.close()
+
+
+class _TierSelection:
+    """The shardcache part of a mednet data module: which tier serves its subsets."""
+
+    cache: str | None
+    cache_dir: str | PathLike[str] | None
+    lock_timeout: float
+    shard_bytes: int | None
+    narrow: bool
+
+    # Set by mednet's classes (declared for the type checker).
+    splits: Any
+    cache_samples: bool
+    collate_fn: Any
+    parallel: int
+    model_transforms: Any
+    _datasets: dict[str, Any]
+
+    def _init_tier(
+        self,
+        cache: str | None,
+        cache_dir: str | PathLike[str] | None,
+        lock_timeout: float,
+        shard_bytes: int | None,
+        narrow: bool,
+    ) -> None:
+        if cache is not None:
+            check_tier_name(cache)
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.lock_timeout = lock_timeout
+        self.shard_bytes = shard_bytes
+        self.narrow = narrow
+        self._made_tier: tuple[tuple[str, TierOptions], Tier] | None = None
+
+    def tier_name(self) -> str:
+        """``cache`` when given, else mednet's ``cache_samples`` (True: memory, False: none)."""
+        if self.cache is not None:
+            return self.cache
+        return "memory" if self.cache_samples else "none"
+
+    def _tier(self) -> Tier:
+        """The tier, kept while its settings stay (the disk tier keys each subset once)."""
+        options = TierOptions(self.cache_dir, self.lock_timeout, self.shard_bytes, self.narrow)
+        wanted = (self.tier_name(), options)
+        if self._made_tier is None or self._made_tier[0] != wanted:
+            self._made_tier = (wanted, make_tier(*wanted))
+        return self._made_tier[1]
+
+    def _subsets(self, name: str) -> list[Subset]:
+        transforms = tuple(self.model_transforms or ())
+        return [
+            Subset(name, items, loader, self.parallel, transforms)
+            for items, loader in self.splits[name]
+        ]
+
+    def prepare_data(self) -> None:
+        """Build the disk caches of every subset (once per node; other tiers: nothing).
+
+        mednet's scripts assign ``model_transforms`` before calling this; without them yet,
+        nothing can be built (the caches hold transformed samples) and setup builds.
+        """
+        if self.tier_name() != "disk" or self.model_transforms is None:
+            return
+        tier = self._tier()
+        for name in self.splits:
+            for subset in self._subsets(name):
+                tier.prepare(subset)
+
+    def _setup_dataset(self, name: str) -> None:
+        """Set up subset ``name`` from the tier (mednet's hook, with mednet's log lines)."""
+        if self.model_transforms is None:
+            raise RuntimeError(
+                "Parameter `model_transforms` has not yet been set.  If you do not have model "
+                "transforms, then set it to an empty list."
+            )
+        if name in self._datasets:
+            MEDNET_LOG.info("Dataset `%s` is already setup. Not re-instantiating it.", name)
+            return
+        tier_name = self.tier_name()
+        MEDNET_LOG.info("Loading dataset:`%s` %s", name, TRADE_OFFS[tier_name])
+        tier = self._tier()
+        lazy = self.collate_fn is default_collate  # our BatchCollator will collate
+        datasets = [
+            TierDataset(tier.open(subset), subset.items, subset.loader, lazy=lazy)
+            for subset in self._subsets(name)
+        ]
+        self._datasets[name] = (
+            datasets[0] if len(datasets) == 1 else _mednet.ConcatDataset(datasets)
+        )
+
+    def _pooled(self, loader: DataLoader[Any]) -> DataLoader[Any]:
+        """``loader`` with `BatchCollator` for mednet's default collate (the same batches)."""
+        if self.collate_fn is default_collate:
+            workers = num_workers(self.parallel)
+            loader.collate_fn = BatchCollator(workers, persistent_workers=loader.persistent_workers)
+        return loader
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Mednet's shuffled training loader."""
+        return self._pooled(super().train_dataloader())  # type: ignore[misc]
+
+    def unshuffled_train_dataloader(self) -> DataLoader[Any]:
+        """Mednet's unshuffled training loader."""
+        return self._pooled(super().unshuffled_train_dataloader())  # type: ignore[misc]
+
+    def val_dataloader(self) -> dict[str, DataLoader[Any]]:
+        """Mednet's validation loaders (``validation``, or ``train``, and ``monitor-*``)."""
+        loaders = super().val_dataloader()  # type: ignore[misc]
+        return {name: self._pooled(loader) for name, loader in loaders.items()}
+
+    def test_dataloader(self) -> dict[str, DataLoader[Any]]:
+        """Mednet's test loader."""
+        loaders = super().test_dataloader()  # type: ignore[misc]
+        return {name: self._pooled(loader) for name, loader in loaders.items()}
+
+    def predict_dataloader(self) -> dict[str, DataLoader[Any]]:
+        """A loader for every subset set up so far, as mednet serves them."""
+        loaders = super().predict_dataloader()  # type: ignore[misc]
+        return {name: self._pooled(loader) for name, loader in loaders.items()}
+
+
+class ConcatDataModule(_TierSelection, _mednet.ConcatDataModule):
+    """mednet's ``ConcatDataModule`` on shardcache's tiers.
+
+    Args:
+        splits: mednet's: subset name to ``(items, raw_data_loader)`` pairs.
+        cache: ``"none"``, ``"memory"`` or ``"disk"``; None: mednet's ``cache_samples``.
+        cache_dir: where disk caches live (default: ``$SHARDCACHE_DIR``, else the user
+            cache directory).
+        lock_timeout: seconds to wait for another process's build of the same cache.
+        shard_bytes: the disk tier's shard size target (None: automatic).
+        narrow: store 8/16-bit image data loaded as floats narrow, exactly.
+        **kwargs: mednet's keywords (``database_name``, ``split_name``, ``task``,
+            ``num_classes``, ``collate_fn``, ``cache_samples``, ``batch_size``,
+            ``drop_incomplete_batch``, ``parallel``).
+    """
+
+    def __init__(
+        self,
+        splits: Any,
+        *,
+        cache: str | None = None,
+        cache_dir: str | PathLike[str] | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        shard_bytes: int | None = None,
+        narrow: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self._init_tier(cache, cache_dir, lock_timeout, shard_bytes, narrow)
+        super().__init__(splits, **kwargs)
+
+
+class CachingDataModule(_TierSelection, _mednet.CachingDataModule):
+    """mednet's ``CachingDataModule`` (one split, one raw data loader) on shardcache's tiers.
+
+    Args:
+        database_split: subset name to split items.
+        raw_data_loader: mednet's ``RawDataLoader`` (``sample(item)``, ``target(item)``).
+        cache: ``"none"``, ``"memory"`` or ``"disk"``; None: mednet's ``cache_samples``.
+        cache_dir: where disk caches live (default: ``$SHARDCACHE_DIR``, else the user
+            cache directory).
+        lock_timeout: seconds to wait for another process's build of the same cache.
+        shard_bytes: the disk tier's shard size target (None: automatic).
+        narrow: store 8/16-bit image data loaded as floats narrow, exactly.
+        **kwargs: mednet's keywords, as for `ConcatDataModule`.
+    """
+
+    def __init__(
+        self,
+        database_split: Any,
+        raw_data_loader: Any,
+        *,
+        cache: str | None = None,
+        cache_dir: str | PathLike[str] | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        shard_bytes: int | None = None,
+        narrow: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self._init_tier(cache, cache_dir, lock_timeout, shard_bytes, narrow)
+        super().__init__(database_split, raw_data_loader, **kwargs)
+
+
+class CachedDataset(_MednetDataset):
+    """mednet's ``CachedDataset`` (samples decoded into memory at construction) on the memory tier.
+
+    The same constructor; decoding runs in ``parallel`` DataLoader workers instead of loky
+    processes, and model ``transforms`` apply to each ``tv_tensors`` value, before caching.
+    """
+
+    def __init__(
+        self,
+        raw_dataset: Sequence[Any],
+        loader: RawDataLoader,
+        transforms: Sequence[Any] = (),
+        parallel: int = -1,
+        disable_pbar: bool = False,  # noqa: ARG002 (mednet's; tqdm hides itself off a terminal)
+    ) -> None:
+        subset = Subset("dataset", raw_dataset, loader, parallel, tuple(transforms))
+        self._dataset = make_tier("memory", TierOptions()).open(subset)
+
+    def targets(self) -> list[torch.Tensor]:
+        """Every sample's ``target``, as mednet's CachedDataset reads them."""
+        return [self[index]["target"] for index in range(len(self))]
+
+    def __getitem__(self, key: int) -> Any:
+        return self._dataset[key]
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self)):
+            yield self[index]
+
+
+__all__ = ["CachedDataset", "CachingDataModule", "ConcatDataModule", "TierDataset"]
+
+if not issubclass(CachingDataModule, _mednet.ConcatDataModule):  # pragma: no cover
+    raise ConfigurationError("mednet's CachingDataModule is no longer a ConcatDataModule")
