@@ -4,16 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install only when the dependency files change; a no-op `make venv` takes a second.
 STAMP := $(VENV)/.installed
+# The C loops, built in place by the editable install (a venv restored from a cache lacks them).
+NATIVE := src/shardcache/core/_native$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 
 .PHONY: venv test test-fast lint bench bench-full bench-peers soak clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(NATIVE)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
+
+$(NATIVE): src/shardcache/core/_native.c | $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt -e .
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -18,6 +18,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import torch
 
+from . import kernels
 from .records import widening_problem
 
 Operation = Literal["div", "mul"]
@@ -89,7 +90,7 @@ def widen_into(data: torch.Tensor, widening: Widening, out: torch.Tensor) -> Non
 
     Both must be contiguous CPU tensors; ``out`` may be a view into a batch buffer.
     """
-    widening.apply(data.numpy(), out.numpy())
+    kernels.widen(data, widening, out)
 
 
 class Narrow:

@@ -9,6 +9,9 @@
                              removes a soft lock whose owner died on the same host
 ``SHARDCACHE_MMAP``          ``1`` (default) or ``0``: read samples with ``pread`` instead of
                              memory-mapping shards (for mounts where mmap is unreliable)
+``SHARDCACHE_NATIVE``        ``1`` (default) or ``0``: assemble batches with the C loops of
+                             ``shardcache.core._native`` (streaming copies, one-pass widening),
+                             or with memmove and numpy (the same values; for comparison)
 ``SHARDCACHE_START_METHOD``  ``fork``, ``spawn`` or ``forkserver``: how decoding and
                              DataLoader workers start (default: ``spawn`` on macOS, the
                              platform's default elsewhere); ``spawn`` checks that a loader,
@@ -34,6 +37,7 @@ from .errors import ConfigurationError
 CACHE_DIR_VARIABLE = "SHARDCACHE_DIR"
 LOCK_VARIABLE = "SHARDCACHE_LOCK"
 MMAP_VARIABLE = "SHARDCACHE_MMAP"
+NATIVE_VARIABLE = "SHARDCACHE_NATIVE"
 START_METHOD_VARIABLE = "SHARDCACHE_START_METHOD"
 
 LockKind = Literal["fcntl", "soft"]
@@ -72,12 +76,21 @@ _TRUE = {"1", "true", "yes", ""}
 _FALSE = {"0", "false", "no"}
 
 
+def _switch(variable: str) -> bool:
+    value = os.environ.get(variable, "1").strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ConfigurationError(f"{variable}={value!r}: expected 0 or 1")
+    return value in _TRUE
+
+
 def mmap_enabled() -> bool:
     """False when ``SHARDCACHE_MMAP=0`` asks for plain reads."""
-    value = os.environ.get(MMAP_VARIABLE, "1").strip().lower()
-    if value not in _TRUE | _FALSE:
-        raise ConfigurationError(f"{MMAP_VARIABLE}={value!r}: expected 0 or 1")
-    return value in _TRUE
+    return _switch(MMAP_VARIABLE)
+
+
+def native_enabled() -> bool:
+    """False when ``SHARDCACHE_NATIVE=0`` asks for memmove and numpy instead of the C loops."""
+    return _switch(NATIVE_VARIABLE)
 
 
 def start_method() -> str | None:

@@ -9,7 +9,6 @@ into its place in one buffer and leaves the rest to ``default_collate``.
 
 from __future__ import annotations
 
-import ctypes
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch.utils.data._utils.collate import (
     default_collate_fn_map,
 )
 
+from ..core import kernels
 from ..core.dtypes import view_of
 from ..core.narrow import Narrow, NarrowBatch, Widening, widen_into
 
@@ -161,11 +161,11 @@ def plan(batch: list[Any], *, device_widening: bool) -> Plan:
 def _copy(storage: torch.UntypedStorage, field: _Field) -> None:
     """Copy (or widen) each sample's value into its row of ``field``'s place in ``storage``.
 
-    ``memmove`` for contiguous tensors: one thread whatever torch's settings, releasing the
-    GIL. ``torch.stack`` splits a large copy over the intra-op threads, and when the CPUs
-    are busy (workers, the model, other jobs) those OpenMP threads wait for each other:
-    here, on 2 busy cores, a 32 MiB stack ran at 0.13 GB/s with 2 threads against 8.3 GB/s
-    with one.
+    `kernels.copy` for contiguous tensors: one thread whatever torch's settings, releasing
+    the GIL. ``torch.stack`` splits a large copy over the intra-op threads, and when the
+    CPUs are busy (workers, the model, other jobs) those OpenMP threads wait for each
+    other: here, on 2 busy cores, a 32 MiB stack ran at 0.13 GB/s with 2 threads against
+    8.3 GB/s with one.
     """
     assert field.layout is not None
     rows = field.layout.view(storage)
@@ -174,10 +174,10 @@ def _copy(storage: torch.UntypedStorage, field: _Field) -> None:
     for row, value in enumerate(field.values):
         if isinstance(value, Narrow):
             if field.widening is not None:  # copied narrow, widened on the device
-                ctypes.memmove(address + row * row_bytes, value.data.data_ptr(), row_bytes)
+                kernels.copy(address + row * row_bytes, value.data.data_ptr(), row_bytes)
             else:
                 widen_into(value.data.contiguous(), value.widening, rows[row])
         elif value.is_contiguous():
-            ctypes.memmove(address + row * row_bytes, value.data_ptr(), row_bytes)
+            kernels.copy(address + row * row_bytes, value.data_ptr(), row_bytes)
         else:
             rows[row].copy_(value)

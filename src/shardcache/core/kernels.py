@@ -1,0 +1,83 @@
+"""The loops a batch is made of: copy bytes, widen narrow integers to floats.
+
+In C (`shardcache.core._native`, built with the package) where it was built and
+``SHARDCACHE_NATIVE`` allows it: streaming stores for large copies, one vectorised pass for
+widening. Otherwise ``memmove`` and numpy, which give the same bytes. The C widening is used
+for a widening only after it gave, for every value the stored dtype can hold, the bits of
+the numpy arithmetic that the build checked samples with (`exact`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from . import settings
+
+if TYPE_CHECKING:
+    from .narrow import Widening
+
+try:
+    from . import _native  # type: ignore[attr-defined]
+except ImportError:  # not built (no compiler where it was installed): memmove and numpy
+    _native = None
+
+
+def native() -> Any | None:
+    """The C loops, or None when they were not built or ``SHARDCACHE_NATIVE=0``."""
+    return _native if _native is not None and settings.native_enabled() else None
+
+
+def copy(destination: int, source: int, nbytes: int) -> None:
+    """Copy ``nbytes`` from address ``source`` to ``destination`` (one thread, GIL released)."""
+    loops = native()
+    if loops is not None:
+        loops.copy(destination, source, nbytes)
+    else:
+        ctypes.memmove(destination, source, nbytes)
+
+
+def _factor(widening: Widening) -> float:
+    """What the C loop divides by, or multiplies with: the float32 numpy uses."""
+    if widening.op == "div":
+        return float(widening.scale)
+    return float(np.float32(1.0 / widening.scale))
+
+
+@functools.cache
+def exact(widening: Widening) -> bool:
+    """Whether the C loop widens every stored value of ``widening`` to numpy's bits."""
+    loops = _native
+    if loops is None or widening.served != "F32":
+        return False
+    stored = torch.arange(widening.table().numel()).to(widening.stored_dtype)
+    out = torch.empty(stored.numel(), dtype=torch.float32)
+    loops.widen(
+        out.data_ptr(),
+        stored.data_ptr(),
+        stored.numel(),
+        stored.element_size(),
+        widening.op == "div",
+        _factor(widening),
+    )
+    return torch.equal(out.view(torch.int32), widening.table().view(torch.int32))
+
+
+def widen(data: torch.Tensor, widening: Widening, out: torch.Tensor) -> None:
+    """Write the served values of the narrow ``data`` into ``out`` (contiguous, CPU)."""
+    loops = native()
+    if loops is not None and exact(widening):
+        loops.widen(
+            out.data_ptr(),
+            data.data_ptr(),
+            data.numel(),
+            data.element_size(),
+            widening.op == "div",
+            _factor(widening),
+        )
+    else:
+        widening.apply(data.numpy(), out.numpy())
