@@ -35,9 +35,11 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.tiers --quick
+	$(BIN)/python -m benchmarks.mednet --quick
 
 bench-full: venv
 	$(BIN)/python -m benchmarks.tiers
+	$(BIN)/python -m benchmarks.mednet
 
 # Peers on the same workload: LitData and HF datasets (pinned by constraints.txt), and
 # MosaicML Streaming without its dependencies (its own pins make pip backtrack for minutes).
