@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core.narrow import Narrow, Operation, Widening
-from ..core.samples import flatten
+from ..core.structure import flatten
 from ..core.types import Sample
 
 CANDIDATES: tuple[tuple[str, int], ...] = (("U8", 255), ("U16", 65535), ("U8", 1), ("U16", 1))

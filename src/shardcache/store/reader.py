@@ -33,7 +33,7 @@ from ..core import settings
 from ..core.dtypes import DTYPES_BY_CODE, view_of
 from ..core.errors import CacheDirError, CorruptCacheError
 from ..core.narrow import Narrow, Widening
-from ..core.samples import unflatten
+from ..core.structure import unflatten
 from ..core.types import Sample
 from .format import Manifest, ShardInfo
 from .fs import Directory

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core.decoding import decode
-from ..core.samples import fresh
+from ..core.structure import fresh
 from ..core.types import RawDataLoader, Sample, Transform
 from .base import Subset, TierOptions
 

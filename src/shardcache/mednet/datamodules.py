@@ -1,57 +1,19 @@
-"""mednet 2.x's data modules on shardcache's tiers: a one-line switch in a mednet config.
-
-::
-
-    # from mednet.data.datamodule import CachingDataModule
-    from shardcache.mednet import CachingDataModule
-
-    datamodule = CachingDataModule(
-        JSONDatabaseSplit(path), RawDataLoader(),
-        database_name="montgomery", split_name="default", task="classification",
-        num_classes=1,
-        cache="disk",  # optional: without it, mednet's cache_samples decides (memory/none)
-    )
-
-`CachingDataModule` and `ConcatDataModule` subclass mednet's classes of the same names, so
-mednet's scripts, models and ``isinstance`` checks see mednet's data modules: the same
-constructor (keywords after the split and loader), attributes (``cache_samples``,
-``parallel``, ``batch_size``, ``model_transforms``... read when a subset is set up or a
-loader is made), stages (predict serves every subset; validation falls back to ``train``;
-``teardown`` keeps the datasets, as mednet does), DataLoaders and log lines. What changes is
-where samples come from: the tier named by ``cache`` (``"none"``, ``"memory"``, ``"disk"``;
-an explicit ``cache`` wins over ``cache_samples``, which mednet's scripts always assign).
-``model_transforms`` are applied before caching, as mednet does (to each ``tv_tensors``
-value of a sample); the disk tier's key includes them, so a changed transform is a new
-cache. With mednet's default ``collate_fn``, batches are assembled by `BatchCollator`:
-the same batches as ``default_collate``, in reused buffers.
-
-mednet is an optional dependency: ``pip install "shardcache[mednet]"``.
-"""
+"""mednet's ``ConcatDataModule`` and ``CachingDataModule``, served by shardcache's tiers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 from os import PathLike
 from typing import Any
 
-try:
-    import mednet.data.datamodule as _mednet
-    from mednet.data.typing import Dataset as _MednetDataset
-except ImportError as error:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "shardcache.mednet needs mednet 2.1: pip install 'shardcache[mednet]'"
-    ) from error
-
-import torch
+import mednet.data.datamodule as _mednet
 from torch.utils.data import DataLoader, default_collate
 
-from .core.errors import ConfigurationError
-from .core.settings import DEFAULT_LOCK_TIMEOUT
-from .core.types import RawDataLoader, Sample, SampleDataset
-from .core.workers import num_workers
-from .serving.collate import BatchCollator
-from .tiers import Subset, Tier, TierOptions, check_tier_name, make_tier
+from ..core.settings import DEFAULT_LOCK_TIMEOUT
+from ..core.workers import num_workers
+from ..serving.collate import BatchCollator
+from ..tiers import Subset, Tier, TierOptions, check_tier_name, make_tier
+from .datasets import TierDataset
 
 logger = logging.getLogger(__name__)
 
@@ -67,47 +29,6 @@ TRADE_OFFS = {
         "usage: page cache, shared | Disk I/O: once"
     ),
 }
-
-
-class TierDataset(_MednetDataset):
-    """One subset's samples from a shardcache tier, as a mednet ``Dataset``.
-
-    ``targets()`` reads ``raw_data_loader.target(item)`` for each item, without decoding:
-    mednet's loss balancing uses it rather than iterate the whole subset.
-    """
-
-    def __init__(
-        self, dataset: SampleDataset, items: Sequence[Any], loader: RawDataLoader, *, lazy: bool
-    ) -> None:
-        self.dataset = dataset
-        self.items = items
-        self.loader = loader
-        self.lazy = lazy  # batches fetched for our BatchCollator may hold narrow tensors
-
-    def targets(self) -> list[torch.Tensor]:
-        """Every item's target, from ``raw_data_loader.target``."""
-        return [self.loader.target(item) for item in self.items]  # type: ignore[attr-defined]
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.dataset[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
-        """A batch's samples; narrow stored tensors stay narrow for `BatchCollator`."""
-        lazy = getattr(self.dataset, "lazy_sample", None) if self.lazy else None
-        if lazy is not None:
-            return [lazy(index) for index in indices]
-        return [self.dataset[index] for index in indices]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for index in range(len(self)):
-            yield self[index]
-
-    def close(self) -> None:
-        """Release the tier dataset (mappings, leases)."""
-        self.dataset.close()
 
 
 class _TierSelection:
@@ -291,42 +212,3 @@ class CachingDataModule(_TierSelection, _mednet.CachingDataModule):
     ) -> None:
         self._init_tier(cache, cache_dir, lock_timeout, shard_bytes, narrow)
         super().__init__(database_split, raw_data_loader, **kwargs)
-
-
-class CachedDataset(_MednetDataset):
-    """mednet's ``CachedDataset`` (samples decoded into memory at construction) on the memory tier.
-
-    The same constructor; decoding runs in ``parallel`` DataLoader workers instead of loky
-    processes, and model ``transforms`` apply to each ``tv_tensors`` value, before caching.
-    """
-
-    def __init__(
-        self,
-        raw_dataset: Sequence[Any],
-        loader: RawDataLoader,
-        transforms: Sequence[Any] = (),
-        parallel: int = -1,
-        disable_pbar: bool = False,  # noqa: ARG002 (mednet's; tqdm hides itself off a terminal)
-    ) -> None:
-        subset = Subset("dataset", raw_dataset, loader, parallel, tuple(transforms))
-        self._dataset = make_tier("memory", TierOptions()).open(subset)
-
-    def targets(self) -> list[torch.Tensor]:
-        """Every sample's ``target``, as mednet's CachedDataset reads them."""
-        return [self[index]["target"] for index in range(len(self))]
-
-    def __getitem__(self, key: int) -> Any:
-        return self._dataset[key]
-
-    def __len__(self) -> int:
-        return len(self._dataset)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for index in range(len(self)):
-            yield self[index]
-
-
-__all__ = ["CachedDataset", "CachingDataModule", "ConcatDataModule", "TierDataset"]
-
-if not issubclass(CachingDataModule, _mednet.ConcatDataModule):  # pragma: no cover
-    raise ConfigurationError("mednet's CachingDataModule is no longer a ConcatDataModule")

@@ -1,0 +1,86 @@
+"""mednet ``Dataset``s over shardcache's tiers: one subset's, and mednet's ``CachedDataset``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from mednet.data.typing import Dataset as _MednetDataset
+
+from ..core.types import RawDataLoader, Sample, SampleDataset
+from ..tiers import Subset, TierOptions, make_tier
+
+
+class TierDataset(_MednetDataset):
+    """One subset's samples from a shardcache tier, as a mednet ``Dataset``.
+
+    ``targets()`` reads ``raw_data_loader.target(item)`` for each item, without decoding:
+    mednet's loss balancing uses it rather than iterate the whole subset.
+    """
+
+    def __init__(
+        self, dataset: SampleDataset, items: Sequence[Any], loader: RawDataLoader, *, lazy: bool
+    ) -> None:
+        self.dataset = dataset
+        self.items = items
+        self.loader = loader
+        self.lazy = lazy  # batches fetched for our BatchCollator may hold narrow tensors
+
+    def targets(self) -> list[torch.Tensor]:
+        """Every item's target, from ``raw_data_loader.target``."""
+        return [self.loader.target(item) for item in self.items]  # type: ignore[attr-defined]
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """A batch's samples; narrow stored tensors stay narrow for `BatchCollator`."""
+        lazy = getattr(self.dataset, "lazy_sample", None) if self.lazy else None
+        if lazy is not None:
+            return [lazy(index) for index in indices]
+        return [self.dataset[index] for index in indices]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def close(self) -> None:
+        """Release the tier dataset (mappings, leases)."""
+        self.dataset.close()
+
+
+class CachedDataset(_MednetDataset):
+    """mednet's ``CachedDataset`` (samples decoded into memory at construction) on the memory tier.
+
+    The same constructor; decoding runs in ``parallel`` DataLoader workers instead of loky
+    processes, and model ``transforms`` apply to each ``tv_tensors`` value, before caching.
+    """
+
+    def __init__(
+        self,
+        raw_dataset: Sequence[Any],
+        loader: RawDataLoader,
+        transforms: Sequence[Any] = (),
+        parallel: int = -1,
+        disable_pbar: bool = False,  # noqa: ARG002 (mednet's; tqdm hides itself off a terminal)
+    ) -> None:
+        subset = Subset("dataset", raw_dataset, loader, parallel, tuple(transforms))
+        self._dataset = make_tier("memory", TierOptions()).open(subset)
+
+    def targets(self) -> list[torch.Tensor]:
+        """Every sample's ``target``, as mednet's CachedDataset reads them."""
+        return [self[index]["target"] for index in range(len(self))]
+
+    def __getitem__(self, key: int) -> Any:
+        return self._dataset[key]
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self)):
+            yield self[index]
