@@ -23,7 +23,7 @@ whose key names its kind:
 ==========================  =====================================================
 
 An object's attributes are all of them, private ones included, except those its class
-lists in ``shardcache_key_ignores``. Whatever cannot be described is a `FingerprintError`
+lists in ``shardcache_key_ignores`` (`attributes`). Whatever cannot be described is a `FingerprintError`
 naming its path (``RawDataLoader._reader``) and the two remedies: fail closed, never a key
 that silently ignores a setting.
 """
@@ -39,17 +39,13 @@ import math
 import re
 import sys
 import types
-import weakref
-from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any
 
 import torch
 
 from ..core.errors import FingerprintError
-
-KEY_IGNORES = "shardcache_key_ignores"
-"""The class attribute listing instance attributes that do not change what a loader makes."""
+from .attributes import KEY_IGNORES, class_source_digest, instance_attributes, qualified
 
 MAX_DEPTH = 32
 """Nesting a description follows before it refuses (cycles are found before that)."""
@@ -59,88 +55,6 @@ REMEDIES = (
     "or, if {attribute} does not change its output, list it in the class attribute "
     f"{KEY_IGNORES}"
 )
-
-_SOURCE_DIGESTS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
-"""Per class: ``inspect.getsource`` re-parses the module (~10 ms), once is enough."""
-
-_SKIPPED_MODULES = frozenset({"builtins", "typing", "typing_extensions", "abc", "enum"})
-
-
-def _qualified(kind: type | types.FunctionType | types.BuiltinFunctionType) -> str:
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def class_source_digest(cls: type) -> str | None:
-    """SHA-256 over the source of ``cls`` and its Python-defined bases (cached per class).
-
-    None when the source of ``cls`` itself cannot be read (a class made in C, in a REPL,
-    or by ``exec``): the caller says what to do.
-    """
-    if cls in _SOURCE_DIGESTS:
-        return _SOURCE_DIGESTS[cls]
-    hasher = hashlib.sha256()
-    for klass in cls.__mro__:
-        if klass.__module__ in _SKIPPED_MODULES:
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            if klass is cls:
-                return None
-            source = _qualified(klass)
-        hasher.update(source.encode())
-    digest = _SOURCE_DIGESTS[cls] = hasher.hexdigest()
-    return digest
-
-
-def key_ignores(cls: type) -> frozenset[str]:
-    """The attribute names ``cls`` and its bases list in ``shardcache_key_ignores``."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        declared = vars(klass).get(KEY_IGNORES, ())
-        if isinstance(declared, str) or not all(isinstance(name, str) for name in declared):
-            raise FingerprintError(
-                f"{klass.__qualname__}.{KEY_IGNORES} = {declared!r}: expected a tuple of "
-                "attribute names"
-            )
-        names.update(declared)
-    return frozenset(names)
-
-
-def _declared(value: object, name: str) -> bool:
-    """Whether ``name`` is an attribute of ``value`` or declared by its class."""
-    if hasattr(value, name):
-        return True
-    return any(name in vars(klass).get("__annotations__", {}) for klass in type(value).__mro__)
-
-
-def instance_attributes(value: object, owner: str) -> Iterator[tuple[str, Any]]:
-    """``(name, value)`` of every instance attribute (dict and slots) the key covers.
-
-    Raises:
-        FingerprintError: ``shardcache_key_ignores`` names an attribute that does not exist.
-    """
-    cls = type(value)
-    ignored = key_ignores(cls)
-    for name in sorted(ignored):
-        if not _declared(value, name):
-            raise FingerprintError(
-                f"{cls.__qualname__}.{KEY_IGNORES} lists {name!r}, which {owner} does not "
-                f"have: a typo would put a real setting out of the key. Set it in __init__ "
-                f"(e.g. self.{name} = None) or remove it from the list"
-            )
-    names = set(getattr(value, "__dict__", {}))
-    for klass in cls.__mro__:
-        slots = vars(klass).get("__slots__", ())
-        names.update([slots] if isinstance(slots, str) else slots)
-    names.discard("__dict__")
-    names.discard("__weakref__")
-    for name in sorted(names - ignored):
-        try:
-            attribute = object.__getattribute__(value, name)
-        except AttributeError:
-            continue  # an unset slot
-        yield name, attribute
 
 
 class _Describer:
@@ -180,7 +94,7 @@ class _Describer:
         """Values without parts: the description, or None."""
         if isinstance(value, enum.Enum):
             cls = type(value)
-            return {"enum": [_qualified(cls), value.name, self(value.value, f"{where}.value")]}
+            return {"enum": [qualified(cls), value.name, self(value.value, f"{where}.value")]}
         if isinstance(value, PurePath):
             return {"path": str(value)}
         if isinstance(value, torch.dtype):
@@ -232,7 +146,7 @@ class _Describer:
         if isinstance(value, types.FunctionType):
             return {"function": self._function(value, where, depth)}
         if isinstance(value, type):
-            return {"class": [_qualified(value), self._source(value, where)]}
+            return {"class": [qualified(value), self._source(value, where)]}
         if isinstance(value, torch.nn.Module):
             return {"module": self._module(value, where, depth)}
         if hasattr(value, "__dict__") or hasattr(kind, "__slots__"):
@@ -242,7 +156,7 @@ class _Describer:
     def _source(self, cls: type, where: str) -> str:
         digest = class_source_digest(cls)
         if digest is None:
-            raise self.refuse(where, f"is a {_qualified(cls)}, a class whose source cannot be read")
+            raise self.refuse(where, f"is a {qualified(cls)}, a class whose source cannot be read")
         return digest
 
     def _mapping(self, value: dict[Any, Any], where: str, depth: int) -> Any:
@@ -260,7 +174,7 @@ class _Describer:
         except (OSError, TypeError) as error:
             raise self.refuse(where, f"is the function {value.__qualname__} ({error})") from error
         described: dict[str, Any] = {
-            "name": _qualified(value),
+            "name": qualified(value),
             "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
         }
         if value.__defaults__:
@@ -286,7 +200,7 @@ class _Describer:
 
     def _object(self, value: object, where: str, depth: int) -> dict[str, Any]:
         cls = type(value)
-        described: dict[str, Any] = {"class": _qualified(cls)}
+        described: dict[str, Any] = {"class": qualified(cls)}
         fingerprint = getattr(value, "fingerprint", None)
         if callable(fingerprint):
             described["fingerprint"] = _checked_fingerprint(value, fingerprint)
@@ -345,7 +259,7 @@ def _checked_fingerprint(value: object, fingerprint: Any) -> str:
     text = fingerprint()
     if not isinstance(text, str):
         raise FingerprintError(
-            f"{_qualified(type(value))}.fingerprint() returned {type(text).__name__}, expected str"
+            f"{qualified(type(value))}.fingerprint() returned {type(text).__name__}, expected str"
         )
     return text
 
@@ -362,7 +276,7 @@ def _tensor(value: torch.Tensor, describer: _Describer, where: str) -> dict[str,
         "sha256": hashlib.sha256(dense.numpy().tobytes()).hexdigest(),
     }
     if type(value) is not torch.Tensor:
-        described["class"] = _qualified(type(value))
+        described["class"] = qualified(type(value))
     return described
 
 
@@ -371,7 +285,7 @@ def _ndarray(numpy: Any, value: Any, describer: _Describer, where: str) -> dict[
     if array.dtype.hasobject:
         raise describer.refuse(where, "is a NumPy array of Python objects")
     return {
-        "class": _qualified(type(value)),
+        "class": qualified(type(value)),
         "dtype": array.dtype.str,
         "shape": list(array.shape),
         "sha256": hashlib.sha256(numpy.ascontiguousarray(array).tobytes()).hexdigest(),

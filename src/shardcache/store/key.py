@@ -17,8 +17,9 @@ from typing import Any
 
 from ..core.errors import FingerprintError, SplitError
 from ..core.samples import describe as describe_item
+from .attributes import class_source_digest
 from .format import FORMAT_VERSION
-from .identity import class_source_digest, describe, describe_attributes
+from .identity import describe, describe_attributes
 from .layout import KEY_CHARS_IN_NAME
 
 
