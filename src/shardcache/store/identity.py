@@ -23,9 +23,9 @@ whose key names its kind:
 ==========================  =====================================================
 
 An object's attributes are all of them, private ones included, except those its class
-lists in ``shardcache_key_ignores`` (`attributes`). Whatever cannot be described is a `FingerprintError`
-naming its path (``RawDataLoader._reader``) and the two remedies: fail closed, never a key
-that silently ignores a setting.
+lists in ``shardcache_key_ignores`` (`attributes`). Whatever cannot be described is a
+`FingerprintError` naming its path (``RawDataLoader._reader``) and the two remedies: fail
+closed, never a key that silently ignores a setting.
 """
 
 from __future__ import annotations
