@@ -170,28 +170,3 @@ def test_report_plot_and_table_are_written(tiny_run):
     assert all(f"| `{tier}` |" in report for tier in TIERS)
     assert (results / "tiers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| `disk` |" in stdout
-
-
-@pytest.mark.slow
-def test_the_mednet_comparison_runs_end_to_end(tmp_path: Path) -> None:
-    from benchmarks import mednet
-
-    summary = mednet.main(
-        [
-            "--items",
-            "16",
-            "--size",
-            "32",
-            "--repeats",
-            "1",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--results-dir",
-            str(tmp_path / "results"),
-        ]
-    )
-    rows = summary["rows"]
-    assert rows["mednet"]["second_run_decodes"] == rows["mednet"]["first_run_decodes"] > 0
-    assert rows["shardcache"]["second_run_decodes"] == 0
-    assert rows["mednet"]["ranks_decodes"] == 2 * rows["shardcache"]["ranks_decodes"]
-    assert (tmp_path / "results" / "mednet.md").read_text().startswith("16 synthetic")
