@@ -27,6 +27,7 @@ TREE = {
     "CacheDirError": (errors.CacheError, OSError),
     "InsufficientSpaceError": (errors.CacheError, OSError),
     "LockTimeoutError": (errors.CacheError, TimeoutError),
+    "PeerFailedError": (errors.CacheError, RuntimeError),
 }
 
 
