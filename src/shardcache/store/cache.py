@@ -19,6 +19,7 @@ from .locking import BuildLock
 from .options import ShardOptions
 from .reader import CacheDataset
 from .removal import discard, empty_trash
+from .slices import end_abandoned_builds
 from .writer import build
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _open_checked(path: Path, key: CacheKey) -> CacheDataset:
     return dataset
 
 
-def _prepare_directory(path: Path) -> None:
+def prepare_directory(path: Path) -> None:
     """Create the cache directory, or say exactly why it cannot be used for a build."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,29 @@ def _prepare_directory(path: Path) -> None:
         )
 
 
+def open_or_clear(root: CacheRoot, key: CacheKey, name: str) -> CacheDataset | None:
+    """Under ``key``'s build lock: the cache another process published meanwhile, or None.
+
+    When None, what stands in the way of a build is gone: a damaged cache, a directory of
+    the cache's name without a valid manifest, the trash of an interrupted removal.
+    """
+    existing = root.find(key.digest)
+    if existing is not None:
+        try:
+            return _open_checked(existing, key)
+        except CorruptCacheError as error:
+            logger.warning("discarding damaged cache %s: %s", existing.name, error)
+            try:
+                discard(root, existing)
+            except OSError as removal:
+                raise error from removal
+    leftover = root.path / name
+    if leftover.exists():  # a directory of that name without a valid manifest
+        discard(root, leftover)
+    empty_trash(root.path)  # what a process killed inside `discard` left behind
+    return None
+
+
 def _build_under_lock(
     root: CacheRoot,
     key: CacheKey,
@@ -86,20 +110,10 @@ def _build_under_lock(
     """Take ``key``'s build lock, then open what another process built meanwhile, or build."""
     name = root.cache_name(subset, key.digest)
     with BuildLock(root.lock(key.digest), name, lock_timeout) as lock:
-        existing = root.find(key.digest)
+        existing = open_or_clear(root, key, name)
         if existing is not None:
-            try:
-                return _open_checked(existing, key)
-            except CorruptCacheError as error:
-                logger.warning("discarding damaged cache %s: %s", existing.name, error)
-                try:
-                    discard(root, existing)
-                except OSError as removal:
-                    raise error from removal
-        leftover = root.path / name
-        if leftover.exists():  # a directory of that name without a valid manifest
-            discard(root, leftover)
-        empty_trash(root.path)  # what a process killed inside `discard` left behind
+            return existing
+        end_abandoned_builds(root, key.digest, keep=None, timeout=lock_timeout, name=name)
         path = build(
             root_path=root.path,
             staging=root.staging(key.digest),
@@ -148,7 +162,7 @@ def ensure_cache(
             return opened
         logger.info("%s", explain_miss(root, subset, key, items))
     try:
-        _prepare_directory(root.path)
+        prepare_directory(root.path)
     except CacheDirError as error:
         if damage is None:
             raise

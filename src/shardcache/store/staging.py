@@ -65,7 +65,10 @@ def _verified(path: Path, num_items: int) -> StagedShard | None:
 def reusable_shards(staging: Path, num_items: int) -> list[StagedShard]:
     """Complete, checksum-verified shards of an interrupted build; others are deleted.
 
-    The caller holds the build lock: a temporary file here is a dead writer's.
+    The caller holds the build lock, and no member of a cooperative build writes here any
+    more (`slices.end_abandoned_builds`; its own job's members start after its plan): every
+    process that writes into a staging directory holds its build lock or a slice lock of
+    it, so a temporary file here is a dead writer's.
     """
     found: list[StagedShard] = []
     for path in sorted(staging.iterdir()):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,36 @@ from .shardwriter import NO_SPACE, ShardWriter, no_space
 from .staging import StagedShard, make_staging, missing_indices, reusable_shards
 
 logger = logging.getLogger(__name__)
+
+
+def decode_shards(
+    staging: Path,
+    subset: str,
+    items: Sequence[Any],
+    loader: RawDataLoader,
+    indices: Sequence[int],
+    *,
+    progress: Callable[[int], None],
+    parallel: int,
+    options: ShardOptions,
+    build_samples: int | None = None,
+) -> tuple[list[StagedShard], int]:
+    """Decode ``items[i]`` for each ``i`` in ``indices`` into new shards in ``staging``.
+
+    Returns the shards written and the shard size the writer chose. ``progress`` gets the
+    count of samples written so far. ``build_samples``: samples of the whole build when
+    this is a part of it (a cooperative build's slice), for the size estimates.
+    """
+    writer = ShardWriter(staging, options, len(indices), build_samples)
+    prepare = functools.partial(encode, narrowing=options.narrowing)
+    try:
+        for sample in decode(subset, items, loader, prepare, indices=indices, parallel=parallel):
+            writer.add(sample)
+            progress(writer.samples_written)
+    finally:
+        # Keeps what was decoded before a failure, for the next build to resume.
+        writer.close()
+    return writer.written, writer.shard_bytes
 
 
 def _decode_missing(
@@ -66,17 +96,18 @@ def _decode_missing(
         logger.info("building %s (%d samples) in %s", name, len(items), staging.parent.parent)
     if not missing:
         return sorted(reused, key=lambda shard: shard.info.start), options.target_bytes or 0
-    writer = ShardWriter(staging, options, len(missing))
-    prepare = functools.partial(encode, narrowing=options.narrowing)
-    try:
-        for sample in decode(subset, items, loader, prepare, indices=missing, parallel=parallel):
-            writer.add(sample)
-            lock.report_progress(len(items) - len(missing) + writer.samples_written, len(items))
-    finally:
-        # Keeps what was decoded before a failure, for the next build to resume.
-        writer.close()
-    shards = sorted([*reused, *writer.written], key=lambda shard: shard.info.start)
-    return shards, writer.shard_bytes
+    before = len(items) - len(missing)
+    written, chosen = decode_shards(
+        staging,
+        subset,
+        items,
+        loader,
+        missing,
+        progress=lambda done: lock.report_progress(before + done, len(items)),
+        parallel=parallel,
+        options=options,
+    )
+    return sorted([*reused, *written], key=lambda shard: shard.info.start), chosen
 
 
 def _publish(staging: Path, final: Path, manifest: Manifest, items: Sequence[Any]) -> None:
@@ -109,24 +140,19 @@ def _describe(storage: Storage) -> str:
     return text
 
 
-def build(
+def publish_build(
     *,
     root_path: Path,
     staging: Path,
     name: str,
     subset: str,
     items: Sequence[Any],
-    loader: RawDataLoader,
     key: CacheKey,
-    lock: BuildLock,
-    parallel: int,
+    shards: Sequence[StagedShard],
     options: ShardOptions,
+    chosen_bytes: int,
 ) -> Path:
-    """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
-    make_staging(staging)
-    shards, chosen_bytes = _decode_missing(
-        staging, name, subset, items, loader, lock, parallel, options
-    )
+    """Write the manifest of ``shards`` (in order, tiling every sample) and publish ``name``."""
     storage = sum((storage_of(shard.header) for shard in shards), Storage())
     manifest = Manifest(
         key=key.digest,
@@ -146,3 +172,34 @@ def build(
         "published %s: %d samples, %d shards, %s", name, len(items), len(shards), _describe(storage)
     )
     return final
+
+
+def build(
+    *,
+    root_path: Path,
+    staging: Path,
+    name: str,
+    subset: str,
+    items: Sequence[Any],
+    loader: RawDataLoader,
+    key: CacheKey,
+    lock: BuildLock,
+    parallel: int,
+    options: ShardOptions,
+) -> Path:
+    """Build and publish the cache ``name`` under ``root_path``; the caller holds ``lock``."""
+    make_staging(staging)
+    shards, chosen_bytes = _decode_missing(
+        staging, name, subset, items, loader, lock, parallel, options
+    )
+    return publish_build(
+        root_path=root_path,
+        staging=staging,
+        name=name,
+        subset=subset,
+        items=items,
+        key=key,
+        shards=shards,
+        options=options,
+        chosen_bytes=chosen_bytes,
+    )

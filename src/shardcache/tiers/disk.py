@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
 from ..core import settings
 from ..store.cache import ensure_cache
+from ..store.cooperative import build_together
+from ..store.key import cache_key
+from ..store.layout import CacheRoot
 from ..store.reader import CacheDataset
+from ..store.slices import directory_identity, new_job_id
+from . import distributed
 from .base import Subset, TierOptions
+
+logger = logging.getLogger(__name__)
 
 
 class DiskTier:
-    """Builds a missing cache in `prepare`; every process maps it in `open`."""
+    """Builds a missing cache in `prepare`, or with every rank of a job in `open_all`.
+
+    Every process maps the published cache in `open`.
+    """
 
     def __init__(self, options: TierOptions) -> None:
         self.options = options
@@ -32,3 +46,57 @@ class DiskTier:
     def open(self, subset: Subset) -> CacheDataset:
         """Map ``subset``'s cache; a process that finds none builds it (under the lock)."""
         return self._ensure(subset)
+
+    def open_all(self, subsets: Sequence[Subset]) -> list[CacheDataset]:
+        """Map every subset's cache; missing ones are built first.
+
+        With ``options.distributed`` (every rank of a job calls this at once), the ranks
+        that miss a cache and share its directory build it together, each decoding a slice
+        (`shardcache.store.cooperative`); elsewhere, as `open` does.
+        """
+        if self.options.distributed and distributed.available():
+            self._build_together(subsets)
+        opened: list[CacheDataset] = []
+        try:
+            opened.extend(self.open(subset) for subset in subsets)
+        except BaseException:
+            for dataset in opened:
+                dataset.close()
+            raise
+        return opened
+
+    def _build_together(self, subsets: Sequence[Subset]) -> None:
+        """The exchange, the cooperative builds of this rank's teams, the final barrier."""
+        with distributed.Exchange(self.options.lock_timeout) as exchange:
+            cache_dir = settings.cache_dir(self.options.cache_dir)
+            root = CacheRoot(Path(cache_dir))
+            by_key: dict[str, Subset] = {}
+            for subset in subsets:  # two subsets with the same items share one cache
+                key = cache_key(subset.name, subset.items, subset.loader)
+                by_key.setdefault(key.digest, subset)
+            missing = [digest for digest in by_key if root.find(digest) is None]
+            identity = directory_identity(root) if missing else None
+            mine = distributed.View.mine(identity, missing, new_job_id())
+            views = exchange.gather(mine)
+            teams = distributed.form_teams(views, mine.rank)
+            if teams:
+                logger.info(
+                    "rank %d builds %s together with ranks %s",
+                    mine.rank,
+                    ", ".join(root.cache_name(by_key[d].name, d) for d in teams),
+                    sorted({member.rank for team in teams.values() for member in team.members}),
+                )
+            for digest, team in teams.items():
+                subset = by_key[digest]
+                parallel = distributed.decoding_processes(subset.parallel, views, mine.rank)
+                build_together(
+                    cache_dir,
+                    subset.name,
+                    subset.items,
+                    subset.loader,
+                    team,
+                    parallel=parallel,
+                    shard_bytes=self.options.shard_bytes,
+                    lock_timeout=self.options.lock_timeout,
+                )
+            exchange.barrier()

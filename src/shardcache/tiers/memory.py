@@ -82,3 +82,7 @@ class MemoryTier:
         return MemoryDataset.load(
             subset.name, subset.items, subset.loader, parallel=subset.parallel
         )
+
+    def open_all(self, subsets: Sequence[Subset]) -> list[MemoryDataset]:
+        """`open` each subset: every process decodes on its own, with or without peers."""
+        return [self.open(subset) for subset in subsets]

@@ -1,0 +1,365 @@
+"""Build one cache with several ranks of a job: each decodes a slice, one publishes it all.
+
+For the ranks of a `Team` (those that miss the cache and share its directory):
+
+1. Every member takes its slice lock (`slices.SliceLock`).
+2. The coordinator (the lowest rank) takes the key's build lock, as a single builder does:
+   it opens what another job published meanwhile, ends abandoned builds of the key, scans
+   the staging directory for verified shards to resume from, and writes the plan: the
+   missing samples in one consecutive part per member.
+3. Every member decodes its part (``parallel`` processes, as a single builder) into shards
+   of its own in the staging directory, then writes its done file.
+4. The coordinator waits for every done file, checks that the shards tile every sample,
+   and publishes the cache with one rename, as a single builder does; the others wait for
+   the published cache.
+
+Files and locks only, with the caller's deadlines (``lock_timeout``), never a collective:
+nothing here imports torch.distributed or Lightning. Whoever waits watches the others
+(`slices.Watch`): a member that died with its part unfinished, or one that failed (the
+job's failure marker), ends the build on every member with `PeerFailedError`. Its shards
+stay in the staging directory and the next build resumes from them, so an item is never
+decoded twice in one job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import CorruptCacheError, LockTimeoutError, PeerFailedError
+from ..core.settings import DEFAULT_LOCK_TIMEOUT
+from ..core.types import RawDataLoader
+from .atomic import write_atomically
+from .cache import open_or_clear, prepare_directory
+from .format import ShardInfo
+from .header import read_header
+from .key import CacheKey, cache_key
+from .layout import SHARD_NAME, TEMPORARY_PREFIX, CacheRoot
+from .locking import BuildLock, describe_owner, owner_path, read_owner
+from .options import ShardOptions
+from .slices import (
+    PEER_TIMEOUT,
+    PLAN,
+    START_GRACE,
+    Plan,
+    Poll,
+    SliceLock,
+    Team,
+    WaitLog,
+    Watch,
+    end_abandoned_builds,
+    remove_job_files,
+    write_done,
+)
+from .staging import StagedShard, make_staging, missing_indices, reusable_shards
+from .writer import decode_shards, publish_build
+
+logger = logging.getLogger(__name__)
+
+
+class _Build:
+    """One member's part in a cooperative build of one cache."""
+
+    def __init__(
+        self,
+        root: CacheRoot,
+        key: CacheKey,
+        subset: str,
+        items: Sequence[Any],
+        loader: RawDataLoader,
+        team: Team,
+        *,
+        parallel: int,
+        options: ShardOptions,
+        lock_timeout: float,
+        peer_timeout: float,
+    ) -> None:
+        self.root, self.key, self.subset, self.items, self.loader = root, key, subset, items, loader
+        self.team = team
+        self.parallel, self.options, self.lock_timeout = parallel, options, lock_timeout
+        self.name = root.cache_name(subset, key.digest)
+        self.staging = root.staging(key.digest)
+        self.watch = Watch(root, key.digest, self.name, team, peer_timeout)
+        self.slice_lock = SliceLock(root, key.digest, team)
+
+    def published(self) -> bool:
+        return self.root.find(self.key.digest) is not None
+
+    def run(self) -> None:
+        with self.slice_lock:
+            try:
+                if self.team.is_coordinator:
+                    self._coordinate()
+                else:
+                    self._take_part()
+            except PeerFailedError:
+                raise
+            except BaseException as error:
+                # The others fail with the root cause, at their next check, not at a deadline.
+                self.watch.abandon(
+                    f"{self.team.member} failed in slice {self.team.me}: "
+                    f"{type(error).__name__}: {error}",
+                    rank=self.team.member.rank,
+                )
+                raise
+
+    # ---- the coordinator ----------------------------------------------------------------
+
+    def _coordinate(self) -> None:
+        digest = self.key.digest
+        with BuildLock(self.root.lock(digest), self.name, self.lock_timeout):
+            damaged = self.published()
+            existing = open_or_clear(self.root, self.key, self.name)
+            if existing is not None:  # another job published it meanwhile
+                existing.close()
+                self.slice_lock.release(forget=True)
+                return
+            end_abandoned_builds(
+                self.root, digest, keep=self.team.job, timeout=self.lock_timeout, name=self.name
+            )
+            make_staging(self.staging)
+            reused = reusable_shards(self.staging, len(self.items))
+            missing = missing_indices(len(self.items), reused)
+            # A damaged cache (now discarded) may have sent the others on as if published:
+            # then this rank decodes everything, and waits for nobody.
+            members = 1 if damaged else len(self.team.members)
+            plan = Plan.split(self.team.job, len(self.items), missing, members)
+            plan_path = self.root.job_file(digest, self.team.job, PLAN)
+            write_atomically(plan_path, plan.to_json().encode())
+            logger.info(
+                "building %s (%d samples, %d in verified shards) with %d ranks: %s",
+                self.name,
+                len(self.items),
+                len(self.items) - len(missing),
+                len(self.team.members),
+                ", ".join(
+                    f"{member.rank}: {len(plan.indices(part))}"
+                    for part, member in enumerate(self.team.members)
+                ),
+            )
+            others = [part for part in plan.working() if part != self.team.me]
+            mine, chosen = self._decode(plan, watched=others)
+            theirs, their_bytes = self._wait_for_slices(plan, others)
+            shards = sorted([*reused, *mine, *theirs], key=lambda shard: shard.info.start)
+            self._check_tiling(shards)
+            self._remove_unlisted(shards)
+            publish_build(
+                root_path=self.root.path,
+                staging=self.staging,
+                name=self.name,
+                subset=self.subset,
+                items=self.items,
+                key=self.key,
+                shards=shards,
+                options=self.options,
+                chosen_bytes=chosen if mine else max(their_bytes, default=chosen),
+            )
+            # Its own files first: then the others never see "lock free, owner file there".
+            self.slice_lock.release(forget=True)
+            remove_job_files(self.root, digest, self.team.job)
+
+    def _wait_for_slices(
+        self, plan: Plan, others: list[int]
+    ) -> tuple[list[StagedShard], list[int]]:
+        """The shards of the ``others`` once all are done (a dead member ends the build)."""
+        wait = WaitLog(self.lock_timeout)
+        poll = Poll()
+        pending = list(others)
+        shards: list[StagedShard] = []
+        chosen: list[int] = []
+        while pending:
+            for part in list(pending):
+                done = self.watch.done(part)
+                if done is None:
+                    continue
+                pending.remove(part)
+                shards += [self._staged(info) for info in done.shards]
+                if done.shards:
+                    chosen.append(done.shard_bytes)
+            if not pending:
+                break
+            self.watch.check(pending)
+            waiting = ", ".join(self.watch.liveness.describe(part) for part in pending)
+            if wait.remaining() <= 0:
+                raise LockTimeoutError(
+                    f"gave up after {wait.timeout:.0f} s waiting for {waiting} to finish their "
+                    f"slices of {self.name}"
+                )
+            if wait.due():
+                logger.warning(
+                    "waiting for %s to finish their slices of %s (%d samples in all; giving up "
+                    "in %.0f s)",
+                    waiting,
+                    self.name,
+                    plan.to_decode,
+                    wait.remaining(),
+                )
+            poll.sleep()
+        return shards, chosen
+
+    def _staged(self, info: ShardInfo) -> StagedShard:
+        """A member's shard, its header read back (for the manifest's labels and storage)."""
+        path = self.staging / info.file
+        header = read_header(path, expected_bytes=info.bytes)
+        if (header.start, header.stop) != (info.start, info.stop):
+            raise CorruptCacheError(f"{path}: its samples are not those its done file lists")
+        return StagedShard(info, header)
+
+    def _check_tiling(self, shards: list[StagedShard]) -> None:
+        expected = 0
+        for shard in shards:
+            if shard.info.start != expected:
+                raise CorruptCacheError(
+                    f"the slices of {self.name} do not tile its samples: {shard.info.file} "
+                    f"follows sample {expected}"
+                )
+            expected = shard.info.stop
+        if expected != len(self.items):
+            raise CorruptCacheError(
+                f"the slices of {self.name} cover {expected} of {len(self.items)} samples"
+            )
+
+    def _remove_unlisted(self, shards: list[StagedShard]) -> None:
+        """Nothing but the listed shards goes into the published directory."""
+        listed = {shard.info.file for shard in shards}
+        for path in self.staging.iterdir():
+            if path.name not in listed and (
+                SHARD_NAME.match(path.name) or path.name.startswith(TEMPORARY_PREFIX)
+            ):
+                path.unlink()
+
+    # ---- every member ---------------------------------------------------------------------
+
+    def _decode(self, plan: Plan, *, watched: list[int]) -> tuple[list[StagedShard], int]:
+        """Decode this member's slice, checking on the ``watched`` members as it goes."""
+        indices = plan.indices(self.team.me)
+        if not indices:
+            return [], self.options.target_bytes or 0
+        logger.info(
+            "rank %d decodes %d samples of %s (slice %d of %d)",
+            self.team.member.rank,
+            len(indices),
+            self.name,
+            self.team.me,
+            len(self.team.members),
+        )
+
+        def progress(done: int) -> None:
+            self.slice_lock.report_progress(done, len(indices))
+            self.watch.check(watched)
+
+        return decode_shards(
+            self.staging,
+            self.subset,
+            self.items,
+            self.loader,
+            indices,
+            progress=progress,
+            parallel=self.parallel,
+            options=self.options,
+            build_samples=plan.to_decode,
+        )
+
+    def _take_part(self) -> None:
+        plan = self._wait_for_plan()
+        if plan is None:
+            self.slice_lock.release(forget=True)
+            return
+        written, chosen = self._decode(plan, watched=[0])
+        write_done(self.root, self.key.digest, self.team, [s.info for s in written], chosen)
+        self.slice_lock.release()  # the done file speaks for this member from now on
+        self._wait_for_publication()
+
+    def _wait_for_plan(self) -> Plan | None:
+        """The coordinator's plan, or None when the cache is published meanwhile."""
+        path = self.root.job_file(self.key.digest, self.team.job, PLAN)
+        # The coordinator may itself wait up to lock_timeout for another job's build lock.
+        wait = WaitLog(self.lock_timeout + START_GRACE)
+        poll = Poll()
+        coordinator = self.team.coordinator
+        logger.info("%s waits for %s to plan %s", self.team.member, coordinator, self.name)
+        while True:
+            if self.published():
+                return None
+            if path.exists():
+                return Plan.read(path)
+            self.watch.check([0], finished=self.published)
+            if wait.remaining() <= 0:
+                raise LockTimeoutError(
+                    f"gave up after {wait.timeout:.0f} s waiting for {coordinator} to plan the "
+                    f"build of {self.name}"
+                )
+            if wait.due():
+                holder = read_owner(owner_path(self.root.lock(self.key.digest)))
+                logger.warning(
+                    "waiting for %s to plan the build of %s; its build lock is held by %s "
+                    "(giving up in %.0f s)",
+                    coordinator,
+                    self.name,
+                    describe_owner(holder),
+                    wait.remaining(),
+                )
+            poll.sleep()
+
+    def _wait_for_publication(self) -> None:
+        wait = WaitLog(self.lock_timeout + START_GRACE)
+        poll = Poll()
+        while not self.published():
+            self.watch.check([0], finished=self.published)
+            if wait.remaining() <= 0:
+                raise LockTimeoutError(
+                    f"gave up after {wait.timeout:.0f} s waiting for {self.team.coordinator} to "
+                    f"publish {self.name}"
+                )
+            if wait.due():
+                logger.warning(
+                    "waiting for %s to publish %s (giving up in %.0f s)",
+                    self.team.coordinator,
+                    self.name,
+                    wait.remaining(),
+                )
+            poll.sleep()
+
+
+def build_together(
+    cache_dir: str | os.PathLike[str],
+    subset: str,
+    items: Sequence[Any],
+    loader: RawDataLoader,
+    team: Team,
+    *,
+    parallel: int = -1,
+    shard_bytes: int | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    peer_timeout: float = PEER_TIMEOUT,
+) -> None:
+    """Publish ``subset``'s cache in ``cache_dir`` with the other members of ``team``.
+
+    Returns once the cache is published (open it with `store.cache.ensure_cache`). Every
+    member calls this with its own ``team`` (the same members and job, its own position).
+    Arguments as for `ensure_cache`; ``peer_timeout`` as `slices.PEER_TIMEOUT`.
+
+    Raises:
+        PeerFailedError: another member died or failed; this build is abandoned.
+        LockTimeoutError: a wait outlasted ``lock_timeout``.
+    """
+    root = CacheRoot(Path(cache_dir))
+    key = cache_key(subset, items, loader)
+    if root.find(key.digest) is not None:
+        return
+    prepare_directory(root.path)
+    _Build(
+        root,
+        key,
+        subset,
+        items,
+        loader,
+        team,
+        parallel=parallel,
+        options=ShardOptions(target_bytes=shard_bytes),
+        lock_timeout=lock_timeout,
+        peer_timeout=peer_timeout,
+    ).run()
