@@ -207,7 +207,7 @@ class Plan:
     def split(cls, job: str, num_items: int, missing: list[int], members: int) -> Plan:
         """``missing`` in ``members`` consecutive parts of equal size, give or take one."""
         count = len(missing)
-        bounds = [count * part // members for part in range(members + 1)]
+        bounds = [-(-count * part // members) for part in range(members + 1)]  # first ones larger
         slices = tuple(_runs(missing[bounds[s] : bounds[s + 1]]) for s in range(members))
         return cls(job, num_items, count, slices)
 
@@ -415,12 +415,12 @@ class Liveness:
         return DEAD if now - first > START_GRACE else ABSENT
 
     def describe(self, part: int) -> str:
-        """``rank 3 (pid 12 on host n1), 120/250 samples``, as far as it is known."""
+        """``rank 3 (pid 12 on host n1, 120/250 samples)``, as far as it is known."""
         owner = self.owner(part) or {}
-        text = f"rank {owner.get('rank', '?')} (pid {owner.get('pid')} on host {owner.get('host')})"
+        text = f"rank {owner.get('rank', '?')} (pid {owner.get('pid')} on host {owner.get('host')}"
         if owner.get("total"):
             text += f", {owner.get('done', 0)}/{owner['total']} samples"
-        return text
+        return text + ")"
 
 
 class Watch:
