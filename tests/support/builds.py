@@ -52,12 +52,12 @@ def published(cache_dir: Path) -> list[Path]:
 
 
 def staged_samples(cache_dir: Path) -> int:
-    """Samples covered by final-named shards under every staging directory."""
-    covered: set[int] = set()
+    """Samples covered by final-named shards, summed over every staging directory."""
+    covered: set[tuple[str, int]] = set()
     for path in cache_dir.glob(".staging/*/shard-*"):
         match = SHARD_NAME.match(path.name)
         if match:
-            covered.update(range(int(match[1]), int(match[2])))
+            covered.update((path.parent.name, i) for i in range(int(match[1]), int(match[2])))
     return len(covered)
 
 
