@@ -198,3 +198,30 @@ def test_a_member_that_fails_names_its_error_to_the_others(tmp_path: Path, cache
     assert "BadSamplesError" in results[0]["message"]
     assert "img/0030.png" in results[1]["message"]
     assert published(cache_dir) == []
+
+
+@pytest.mark.slow
+def test_a_later_build_waits_for_the_members_of_an_abandoned_one(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
+    # The coordinator dies while the other member decodes: the next builder takes the build
+    # lock at once, and must not scan the staging directory while that member writes.
+    coordinator, member = (
+        fork_child(child_build, spec) for spec in _members(tmp_path, 2, "fcntl", delay=0.2)
+    )
+    deadline = time.monotonic() + DEADLINE
+    while decode_count(decode_log, "m1") < 2:
+        assert time.monotonic() < deadline, "the member did not start decoding"
+        time.sleep(0.005)
+    os.kill(coordinator.pid, signal.SIGKILL)
+    after = fork_child(child_build, child_spec(tmp_path, "next", lock_timeout=30.0))
+    assert [coordinator.wait(), member.wait(), after.wait()] == [-signal.SIGKILL, 0, 0]
+    assert member.result()["error"] == "PeerFailedError"
+    result = after.result()
+    assert (result.get("error"), result["digest"]) == (None, REFERENCE)
+    tags = [decode.tag for decode in decodes(decode_log)]
+    assert "next" not in tags[: len(tags) - tags[::-1].index("m1")]  # it began once m1 stopped
+    decoded = Counter(str(decode.item) for decode in decodes(decode_log) if decode.tag == "next")
+    assert set(decoded.values()) == {1}
+    assert len(decoded) < N_ITEMS  # it resumed from the shards both members wrote
+    assert (_job_files(cache_dir), leftovers(cache_dir)) == ([], [])

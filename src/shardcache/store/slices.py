@@ -477,12 +477,16 @@ class Watch:
             if self.done(part) is not None or (finished is not None and finished()):
                 continue
             self.raise_if_failed()  # it failed cleanly and said why
-            known = self.liveness.owner(part) is not None
-            what = "stopped while building" if known else "never took its lock for"
-            raise self.abandon(
-                f"{self.liveness.describe(part) if known else member} {what} slice {part}",
-                rank=member.rank,
-            )
+            if self.liveness.owner(part) is not None:
+                reason = f"{self.liveness.describe(part)} stopped while building slice {part}"
+            else:
+                # Ranks that read one identity but not each other's files: a copied directory.
+                reason = (
+                    f"{member} did not take its part (slice {part}) within {START_GRACE:.0f} s; "
+                    f"if it runs on another host and does not see the files here, "
+                    f"{self.root.identity()} was copied with the directory: remove the copy's"
+                )
+            raise self.abandon(reason, rank=member.rank)
 
     def raise_if_failed(self) -> None:
         """Raise this job's recorded failure, if there is one."""
