@@ -153,8 +153,8 @@ def _job(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
-    command = "python -m benchmarks.cooperative " + " ".join(
-        sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(
+        ["python -m benchmarks.cooperative", *(sys.argv[1:] if argv is None else argv)]
     )
     params = SyntheticParams(count=args.items, size=args.size, mode="gray")
     dataset = ensure_dataset(params, args.data_dir)
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "torch_threads": 1,
     }
     started = time.perf_counter()
-    load_before = os.getloadavg()
+    load_before = [round(value, 2) for value in os.getloadavg()]
     cpu_before = cpu_check(args.cpu_work)
     print(f"cpu check before: {json.dumps(cpu_before)}", flush=True)
     configurations = [(job, builder) for job in JOBS for builder in BUILDERS]
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{args.thumbnail}x{args.thumbnail}; parallel={args.parallel} on every rank",
         wall_s=round(time.perf_counter() - started, 1),
         cpu_check={"before": cpu_before, "after": cpu_after},
-        load_average={"before": load_before, "after": os.getloadavg()},
+        load_average={"before": load_before, "after": [round(v, 2) for v in os.getloadavg()]},
         cpus=os.cpu_count(),
         runs=runs,
     )
