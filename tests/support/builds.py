@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from shardcache.store import ensure_cache
-from shardcache.store.cooperative import build_together
+from shardcache.store.cooperative import Share, build_together
 from shardcache.store.key import cache_key
 from shardcache.store.layout import SHARD_NAME, CacheRoot
 from shardcache.store.locking import BuildLock
@@ -146,13 +146,16 @@ def child_build(spec: dict[str, Any]) -> None:
     result: dict[str, Any] = {"pid": os.getpid()}
     try:
         if spec.get("team"):  # first this member's part in a cooperative build
-            build_together(
-                Path(spec["cache_dir"]),
+            share = Share(
                 spec.get("subset", "train"),
                 items,
                 _loader(spec),
                 team_of(spec["team"]),
-                parallel=spec.get("parallel", -1),
+                spec.get("parallel", -1),
+            )
+            build_together(
+                Path(spec["cache_dir"]),
+                [share],
                 shard_bytes=spec.get("shard_bytes", SHARD_BYTES),
                 lock_timeout=spec.get("lock_timeout", 60.0),
             )

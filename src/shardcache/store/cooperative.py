@@ -2,7 +2,7 @@
 
 For the ranks of a `Team` (those that miss the cache and share its directory):
 
-1. Every member takes its slice lock (`slices.SliceLock`).
+1. Every member takes its slice lock (`slices.SliceLock`) of every cache it builds.
 2. The coordinator (the lowest rank) takes the key's build lock, as a single builder does:
    it opens what another job published meanwhile, ends abandoned builds of the key, scans
    the staging directory for verified shards to resume from, and writes the plan: the
@@ -23,9 +23,11 @@ decoded twice in one job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +91,22 @@ class _Build:
         return self.root.find(self.key.digest) is not None
 
     def run(self) -> None:
-        with self.slice_lock:
-            try:
-                if self.team.is_coordinator:
-                    self._coordinate()
-                else:
-                    self._take_part()
-            except PeerFailedError:
-                raise
-            except BaseException as error:
-                # The others fail with the root cause, at their next check, not at a deadline.
-                self.watch.abandon(
-                    f"{self.team.member} failed in slice {self.team.me}: "
-                    f"{type(error).__name__}: {error}",
-                    rank=self.team.member.rank,
-                )
-                raise
+        """This member's part; the caller holds its slice lock."""
+        try:
+            if self.team.is_coordinator:
+                self._coordinate()
+            else:
+                self._take_part()
+        except PeerFailedError:
+            raise
+        except BaseException as error:
+            # The others fail with the root cause, at their next check, not at a deadline.
+            self.watch.abandon(
+                f"{self.team.member} failed in slice {self.team.me}: "
+                f"{type(error).__name__}: {error}",
+                rank=self.team.member.rank,
+            )
+            raise
 
     # ---- the coordinator ----------------------------------------------------------------
 
@@ -324,42 +326,69 @@ class _Build:
             poll.sleep()
 
 
+@dataclass(frozen=True)
+class Share:
+    """One cache that a rank builds with others.
+
+    Attributes:
+        subset: the subset's name.
+        items: its split items.
+        loader: the raw data loader.
+        team: the ranks that build it, this one among them (`slices.Team`).
+        parallel: decoding processes of this rank, as for `ensure_cache`.
+    """
+
+    subset: str
+    items: Sequence[Any]
+    loader: RawDataLoader
+    team: Team
+    parallel: int = -1
+
+
 def build_together(
     cache_dir: str | os.PathLike[str],
-    subset: str,
-    items: Sequence[Any],
-    loader: RawDataLoader,
-    team: Team,
+    shares: Sequence[Share],
     *,
-    parallel: int = -1,
     shard_bytes: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     peer_timeout: float = PEER_TIMEOUT,
 ) -> None:
-    """Publish ``subset``'s cache in ``cache_dir`` with the other members of ``team``.
+    """Publish each share's cache in ``cache_dir`` with its team, one cache after another.
 
-    Returns once the cache is published (open it with `store.cache.ensure_cache`). Every
-    member calls this with its own ``team`` (the same members and job, its own position).
+    Returns once every one is published (open them with `store.cache.ensure_cache`). Every
+    member calls this with its own teams (the same members and job, its own position), its
+    shares in the same order as the others. It first takes its slice lock of every cache,
+    so that a member still busy with an earlier cache counts as alive for a later one.
     Arguments as for `ensure_cache`; ``peer_timeout`` as `slices.PEER_TIMEOUT`.
 
     Raises:
-        PeerFailedError: another member died or failed; this build is abandoned.
+        PeerFailedError: another member died or failed; the build is abandoned.
         LockTimeoutError: a wait outlasted ``lock_timeout``.
     """
     root = CacheRoot(Path(cache_dir))
-    key = cache_key(subset, items, loader)
-    if root.find(key.digest) is not None:
+    options = ShardOptions(target_bytes=shard_bytes)
+    builds = []
+    for share in shares:
+        key = cache_key(share.subset, share.items, share.loader)
+        if root.find(key.digest) is None:
+            build = _Build(
+                root,
+                key,
+                share.subset,
+                share.items,
+                share.loader,
+                share.team,
+                parallel=share.parallel,
+                options=options,
+                lock_timeout=lock_timeout,
+                peer_timeout=peer_timeout,
+            )
+            builds.append(build)
+    if not builds:
         return
     prepare_directory(root.path)
-    _Build(
-        root,
-        key,
-        subset,
-        items,
-        loader,
-        team,
-        parallel=parallel,
-        options=ShardOptions(target_bytes=shard_bytes),
-        lock_timeout=lock_timeout,
-        peer_timeout=peer_timeout,
-    ).run()
+    with contextlib.ExitStack() as stack:
+        for build in builds:
+            stack.enter_context(build.slice_lock)
+        for build in builds:
+            build.run()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core import settings
 from ..store.cache import ensure_cache
-from ..store.cooperative import build_together
+from ..store.cooperative import Share, build_together
 from ..store.key import cache_key
 from ..store.layout import CacheRoot
 from ..store.reader import CacheDataset
@@ -86,17 +86,20 @@ class DiskTier:
                     ", ".join(root.cache_name(by_key[d].name, d) for d in teams),
                     sorted({member.rank for team in teams.values() for member in team.members}),
                 )
-            for digest, team in teams.items():
-                subset = by_key[digest]
-                parallel = distributed.decoding_processes(subset.parallel, views, mine.rank)
-                build_together(
-                    cache_dir,
-                    subset.name,
-                    subset.items,
-                    subset.loader,
+            shares = [
+                Share(
+                    by_key[digest].name,
+                    by_key[digest].items,
+                    by_key[digest].loader,
                     team,
-                    parallel=parallel,
-                    shard_bytes=self.options.shard_bytes,
-                    lock_timeout=self.options.lock_timeout,
+                    distributed.decoding_processes(by_key[digest].parallel, views, mine.rank),
                 )
+                for digest, team in teams.items()  # in the subsets' order, as on every rank
+            ]
+            build_together(
+                cache_dir,
+                shares,
+                shard_bytes=self.options.shard_bytes,
+                lock_timeout=self.options.lock_timeout,
+            )
             exchange.barrier()
