@@ -7,7 +7,8 @@
 One module per job: `layout` (every name in a cache directory), `key`, `format` (the
 manifest), `header` and `shardfile` (shard files read and written), `options`, `writer`,
 `reader`, `locking` (build locks, leases), `removal`, `verification`, `usage`, `inventory`,
-`pruning`, `explain`, `atomic`, and `cache` (open or build). The names below are imported
+`pruning`, `explain`, `atomic`, `cache` (open or build), and `slices` and `cooperative`
+(several ranks of a job building one cache, each a slice). The names below are imported
 on first use, so that the command line, which needs only the inventory, starts without
 importing torch.
 """

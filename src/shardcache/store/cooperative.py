@@ -162,6 +162,8 @@ class _Build:
             # Its own files first: then the others never see "lock free, owner file there".
             self.slice_lock.release(forget=True)
             remove_job_files(self.root, digest, self.team.job)
+        with contextlib.suppress(OSError):
+            self.root.staging_root().rmdir()  # tidy when no other build is staged
 
     def _wait_for_slices(
         self, plan: Plan, others: list[int]
