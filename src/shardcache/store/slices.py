@@ -312,15 +312,18 @@ class SliceLock:
                 f"slice lock {self.path} is held by {describe_owner(read_owner(self.owner_path))}"
             ) from None
         self._held = True
-        self._owner["since"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._write_owner()
+        self._write_owner(since=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self._thread = threading.Thread(target=self._beat, name="shardcache-beat", daemon=True)
         self._thread.start()
         return self
 
-    def _write_owner(self) -> None:
-        """Best effort, as for the build lock: the owner file only informs the others."""
+    def _write_owner(self, **changes: Any) -> None:
+        """Update the owner record and write it; best effort, as for the build lock.
+
+        The beat thread and the decoding thread both call this: one at a time.
+        """
         with self._mutex:
+            self._owner.update(changes)
             try:
                 data = json.dumps(self._owner).encode()
                 write_atomically(self.owner_path, data, durable=False)
@@ -329,8 +332,7 @@ class SliceLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(BEAT_INTERVAL):
-            self._owner["beat"] += 1
-            self._write_owner()
+            self._write_owner(beat=self._owner["beat"] + 1)
 
     def report_progress(self, done: int, total: int) -> None:
         """Record progress in the owner file, at most every `PROGRESS_INTERVAL` seconds."""
@@ -338,8 +340,7 @@ class SliceLock:
         if now - self._last_progress < PROGRESS_INTERVAL and done < total:
             return
         self._last_progress = now
-        self._owner.update(done=done, total=total)
-        self._write_owner()
+        self._write_owner(done=done, total=total)
 
     def release(self, *, forget: bool = False) -> None:
         """Let go of the lock (idempotent); ``forget`` first removes its files.

@@ -66,7 +66,12 @@ class DiskTier:
         return opened
 
     def _build_together(self, subsets: Sequence[Subset]) -> None:
-        """The exchange, the cooperative builds of this rank's teams, the final barrier."""
+        """The exchange, this rank's builds (with its teams, or alone), the final barrier.
+
+        Every build ends before the barrier: a rank that builds alone (its directory is
+        its own) must not leave the others waiting in Lightning's next barrier instead,
+        whose deadline is the process group's 30 minutes.
+        """
         with distributed.Exchange(self.options.lock_timeout) as exchange:
             cache_dir = settings.cache_dir(self.options.cache_dir)
             root = CacheRoot(Path(cache_dir))
@@ -102,4 +107,7 @@ class DiskTier:
                 shard_bytes=self.options.shard_bytes,
                 lock_timeout=self.options.lock_timeout,
             )
+            for digest in missing:  # alone, under the build lock, but before the barrier too
+                if digest not in teams:
+                    self._ensure(by_key[digest]).close()
             exchange.barrier()
