@@ -23,6 +23,7 @@ from shardcache.store.slices import Plan, directory_identity
 from shardcache.tiers.distributed import View, decoding_processes, form_teams
 from support.builds import (
     child_build,
+    child_rank,
     child_spec,
     expected_decodes,
     leftovers,
@@ -225,3 +226,51 @@ def test_a_later_build_waits_for_the_members_of_an_abandoned_one(
     assert set(decoded.values()) == {1}
     assert len(decoded) < N_ITEMS  # it resumed from the shards both members wrote
     assert (_job_files(cache_dir), leftovers(cache_dir)) == ([], [])
+
+
+# ---- the disk tier's exchange, without Lightning ------------------------------------------
+
+
+def _ranks(tmp_path: Path, cache_dirs: list[Path], delays: list[float] | None = None) -> list[dict]:
+    """Run a job of one rank per cache directory; rank r's decodes take ``delays[r]`` s."""
+    world = len(cache_dirs)
+    specs = [
+        {
+            **child_spec(tmp_path, f"r{rank}", delay=(delays or [0.0] * world)[rank]),
+            "cache_dir": str(cache_dirs[rank]),
+            "rank": rank,
+            "world": world,
+            "init": str(tmp_path / "rendezvous"),
+        }
+        for rank in range(world)
+    ]
+    children = [fork_child(child_rank, spec) for spec in specs]
+    assert [child.wait() for child in children] == [0] * world
+    return [child.result() for child in children]
+
+
+@pytest.mark.slow
+def test_ranks_sharing_a_directory_build_together_through_the_disk_tier(
+    tmp_path: Path, decode_log: Path, cache_dir: Path
+) -> None:
+    results = _ranks(tmp_path, [cache_dir] * 3)
+    assert [(r.get("error"), r["digest"], r["decodes"]) for r in results] == [
+        (None, REFERENCE, 14),
+        (None, REFERENCE, 13),
+        (None, REFERENCE, 13),
+    ]
+    assert len(published(cache_dir)) == 1
+
+
+@pytest.mark.slow
+def test_ranks_that_build_alone_still_wait_for_each_other_in_setup(
+    tmp_path: Path, decode_log: Path
+) -> None:
+    # One directory per rank: no team. The slow rank's build must end before the other
+    # leaves setup, or that one would wait in Lightning's next barrier (30 minutes at most).
+    dirs = [tmp_path / "cache0", tmp_path / "cache1"]
+    slow, fast = _ranks(tmp_path, dirs, delays=[0.05, 0.0])
+    assert [(r.get("error"), r["digest"], r["decodes"]) for r in (slow, fast)] == [
+        (None, REFERENCE, N_ITEMS)
+    ] * 2
+    assert abs(slow["returned"] - fast["returned"]) < 1.0

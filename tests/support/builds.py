@@ -177,6 +177,40 @@ def child_build(spec: dict[str, Any]) -> None:
     write_result(Path(spec["result"]), result)
 
 
+def child_rank(spec: dict[str, Any]) -> None:
+    """One rank of a job without Lightning: a gloo group, then the disk tier's `open_all`
+    with ``distributed`` options, as ``CachingDataModule.setup`` calls it in a DDP job.
+
+    Spec: ``rank``, ``world``, ``init`` (the ``file://`` rendezvous), and as for
+    `child_build`. Reports the digest it serves, its decodes and when ``open_all`` returned.
+    """
+    import torch.distributed as dist
+
+    from shardcache.tiers import Subset, TierOptions, make_tier
+
+    multiprocessing.set_start_method("fork", force=True)
+    os.environ.update(spec.get("env", {}))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{spec['init']}", rank=spec["rank"], world_size=spec["world"]
+    )
+    items = make_items(spec.get("n", N_ITEMS))
+    options = TierOptions(
+        spec["cache_dir"], 60.0, spec.get("shard_bytes", SHARD_BYTES), distributed=True
+    )
+    result: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        (dataset,) = make_tier("disk", options).open_all([Subset("train", items, _loader(spec))])
+        result["returned"] = time.time()
+        result.update(digest=dataset_digest(dataset), path=str(dataset.path))
+        dataset.close()
+    except Exception as error:  # reported to the test, which asserts on it
+        result.update(error=type(error).__name__, message=str(error))
+    finally:
+        dist.destroy_process_group()
+    result["decodes"] = decode_count(spec["count_file"], spec["tag"])
+    write_result(Path(spec["result"]), result)
+
+
 def hold_lock(spec: dict[str, Any]) -> None:
     """Take a key's build lock like a builder, report progress, hold it until told to stop."""
     items = make_items(spec.get("n", N_ITEMS))
