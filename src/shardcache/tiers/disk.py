@@ -40,7 +40,7 @@ class DiskTier:
         )
 
     def prepare(self, subset: Subset) -> None:
-        """Build ``subset``'s cache unless it exists (Lightning runs this once per node)."""
+        """Build ``subset``'s cache unless it exists (``prepare_data`` of a one-rank job)."""
         self._ensure(subset).close()
 
     def open(self, subset: Subset) -> CacheDataset:
