@@ -40,6 +40,7 @@ bench: venv
 bench-full: venv
 	$(BIN)/python -m benchmarks.tiers
 	$(BIN)/python -m benchmarks.mednet
+	$(BIN)/python -m benchmarks.cooperative
 
 # Peers on the same workload: LitData and HF datasets (pinned by constraints.txt), and
 # MosaicML Streaming without its dependencies (its own pins make pip backtrack for minutes).

@@ -6,6 +6,7 @@ It lives in a module file because the cache key hashes the loader's class source
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ class CountingImageLoader(ImageFileLoader):
         root: str | PathLike[str],
         *,
         mode: ImageMode = "gray",
+        size: Sequence[int] | None = None,
         decode_log: str | PathLike[str] | None = None,
     ) -> None:
-        super().__init__(root, mode=mode)
+        super().__init__(root, mode=mode, size=size)
         self._decode_log = None if decode_log is None else str(decode_log)
 
     def sample(self, item: Any) -> Sample:

@@ -1,4 +1,4 @@
-"""The benchmarks: the synthetic data generator, and `python -m benchmarks.tiers` end to end."""
+"""The benchmarks: the synthetic data generator; `benchmarks.tiers`, `benchmarks.cooperative`."""
 
 from __future__ import annotations
 
@@ -170,3 +170,33 @@ def test_report_plot_and_table_are_written(tiny_run):
     assert all(f"| `{tier}` |" in report for tier in TIERS)
     assert (results / "tiers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| `disk` |" in stdout
+
+
+# ---- the cooperative build benchmark, end to end -------------------------------------------
+
+
+@pytest.mark.slow
+def test_cooperative_benchmark_times_both_builders(tmp_path):
+    results = tmp_path / "results"
+    command = [
+        *(sys.executable, "-m", "benchmarks.cooperative", "--items", str(ITEMS)),
+        *("--size", str(SIZE), "--thumbnail", "8", "--repeats", "1", "--cpu-work", "100000"),
+        *("--data-dir", str(tmp_path / "data"), "--results-dir", str(results)),
+    ]
+    completed = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    summary = json.loads((results / "cooperative.json").read_text())
+    assert set(summary["jobs"]) == {"2 ranks, 1 node", "4 ranks, 2 nodes"}
+    for job in summary["jobs"].values():
+        assert job["single_s"] > 0
+        assert job["cooperative_s"] > 0
+        assert job["ratio"] > 0
+    decodes = {(run["job"], run["builder"]): run["decodes_per_rank"] for run in summary["runs"]}
+    assert decodes[("2 ranks, 1 node", "single")] == [ITEMS, 0]
+    assert decodes[("2 ranks, 1 node", "cooperative")] == [ITEMS // 2] * 2
+    assert decodes[("4 ranks, 2 nodes", "cooperative")] == [ITEMS // 4] * 4
+    assert sum(decodes[("4 ranks, 2 nodes", "single")]) == ITEMS  # rank 0 or 2 built it
+    assert {"before", "after"} == set(summary["cpu_check"])
+    assert "cooperative / single" in (results / "cooperative.md").read_text()

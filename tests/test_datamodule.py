@@ -6,11 +6,13 @@ import os
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import WeightedRandomSampler
 
 from shardcache import (
@@ -183,6 +185,29 @@ def test_prepare_data_sets_no_state(cache_dir: Path, decode_log: Path, tier: str
     else:
         assert decoded_items(decode_log) == []
         assert published_subsets(cache_dir) == []
+
+
+def _running_trainer(world_size: int) -> Any:
+    """What the DataModule reads of a running Lightning trainer (a real one needs a job)."""
+    return SimpleNamespace(
+        world_size=world_size, state=SimpleNamespace(status=TrainerStatus.RUNNING)
+    )
+
+
+def test_prepare_data_of_a_multi_rank_job_leaves_the_build_to_setup(
+    cache_dir: Path, decode_log: Path
+) -> None:
+    dm = datamodule(cache_dir, make_split(FULL), ValueLoader(decode_log), "disk")
+    dm.trainer = _running_trainer(4)
+    dm.prepare_data()  # on local rank 0 of a node: the other ranks build with it in setup
+    assert (decoded_items(decode_log), published_subsets(cache_dir)) == ([], [])
+    # Without a process group, the ranks cannot meet: each builds alone, under the lock.
+    dm.setup("fit")
+    assert sorted(decodes_by_value(decode_log).values()) == [1] * 16
+    assert published_subsets(cache_dir) == ["monitor-train", "train", "validation"]
+    dm.trainer = _running_trainer(1)
+    dm.prepare_data()  # a one-rank job builds here, as without a trainer
+    assert published_subsets(cache_dir) == sorted(FULL)
 
 
 @pytest.mark.parametrize("tier", ["memory", "disk"])

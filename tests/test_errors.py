@@ -27,6 +27,7 @@ TREE = {
     "CacheDirError": (errors.CacheError, OSError),
     "InsufficientSpaceError": (errors.CacheError, OSError),
     "LockTimeoutError": (errors.CacheError, TimeoutError),
+    "PeerFailedError": (errors.CacheError, RuntimeError),
 }
 
 
@@ -70,6 +71,7 @@ def test_constructible_from_one_string_and_picklable(cls: type[errors.ShardCache
         errors.BadSamplesError("m", failures=("train[1] ...", "train[3] ...")),
         errors.CorruptCacheError("m", path=Path("/cache/train-abc/shard.safetensors")),
         errors.FormatVersionError("m", path=Path("/cache/train-abc/manifest.json")),
+        errors.PeerFailedError("m", rank=3),
     ],
     ids=lambda error: type(error).__name__,
 )

@@ -22,6 +22,7 @@ PUBLIC = [
     "FormatVersionError",
     "InsufficientSpaceError",
     "LockTimeoutError",
+    "PeerFailedError",
     "SampleError",
     "ShardCacheError",
     "SplitError",

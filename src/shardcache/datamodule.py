@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 import lightning
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -182,32 +183,58 @@ class CachingDataModule(lightning.LightningDataModule):
             raise SplitError(f"subset {name!r} of database_split is empty")
         return Subset(name, items, self.raw_data_loader, self.parallel)
 
+    def _job_ranks(self) -> int:
+        """Processes of the running Lightning job that sets this DataModule up (else 1)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.status != TrainerStatus.RUNNING:
+            return 1
+        return int(trainer.world_size)
+
     def _tier(self) -> Tier:
         """The tier, kept: prepare_data and setup share it (a setting changed makes a new one).
 
         The disk tier resolves the cache directory and computes each subset's key once.
         """
-        options = TierOptions(self.cache_dir, self.lock_timeout, self.shard_bytes, self.narrow)
+        options = TierOptions(
+            self.cache_dir,
+            self.lock_timeout,
+            self.shard_bytes,
+            self.narrow,
+            distributed=self._job_ranks() > 1,
+        )
         if self._made_tier is None or self._made_tier[0] != (self.cache, options):
             self._made_tier = ((self.cache, options), make_tier(self.cache, options))
         return self._made_tier[1]
 
     def prepare_data(self) -> None:
-        """Prepare every subset once per node (the disk tier builds missing caches).
+        """Prepare every subset (the disk tier builds missing caches); sets no state.
 
-        Lightning calls it on local rank 0 of each node; the build lock makes concurrent
-        jobs and nodes sharing a cache directory safe. Sets no state.
+        Lightning calls it on local rank 0 of each node (or of node 0 only, with
+        ``prepare_data_per_node=False``) while the other ranks wait. In a job of several
+        ranks it does nothing: `setup` builds what is missing, with every rank that needs
+        it. Called without a trainer, or by a one-process job, it builds under the cache's
+        lock, which makes concurrent jobs and nodes sharing a cache directory safe.
         """
+        ranks = self._job_ranks()
+        if ranks > 1:
+            logger.info("prepare_data: deferred to setup, where the %d ranks build together", ranks)
+            return
         tier = self._tier()
         for name in self.database_split:
             tier.prepare(self._subset(name))
 
     def setup(self, stage: str) -> None:
-        """Open the subsets ``stage`` uses (loads the memory tier; maps the disk tier)."""
+        """Open the subsets ``stage`` uses (loads the memory tier; maps the disk tier).
+
+        In a Lightning job of several ranks, every rank runs it at once: the ranks that
+        miss a disk cache in a directory they share decode a slice of it each, and one of
+        them publishes it (see the README, "Multi-GPU and multi-node").
+        """
         tier = self._tier()
-        for name in self._subsets_for(stage):
-            if name not in self._datasets:
-                self._datasets[name] = tier.open(self._subset(name))
+        # Every rank calls open_all, even with nothing new to open: it may meet the others.
+        names = [name for name in self._subsets_for(stage) if name not in self._datasets]
+        opened = tier.open_all([self._subset(name) for name in names])
+        self._datasets.update(zip(names, opened, strict=True))
 
     def teardown(self, stage: str) -> None:
         """Close the datasets of ``stage`` (and release their mappings)."""

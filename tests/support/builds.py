@@ -2,8 +2,9 @@
 
 A child build (`child_build`) is one run of `ensure_cache` as a separate process would do
 it, described by a JSON-able spec (`child_spec`): which items, loader settings, crash or
-pause point, barrier. It reports through a JSON file: the decodes it caused, a digest of
-every sample it served, or the error it got. Start one with
+pause point, barrier, and a `team_spec` when it is a member of a cooperative build (then
+`build_together` runs first). It reports through a JSON file: the decodes it caused, a
+digest of every sample it served, or the error it got. Start one with
 ``processes.fork_child(child_build, spec)`` (or `run_build` to wait for its result).
 
 After a crash, `verify_recovery` checks the next two runs: the first serves the reference
@@ -15,18 +16,21 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from shardcache.store import ensure_cache
+from shardcache.store.cooperative import Share, build_together
 from shardcache.store.key import cache_key
 from shardcache.store.layout import SHARD_NAME, CacheRoot
 from shardcache.store.locking import BuildLock
+from shardcache.store.teams import Member, Team
 
 from .crash import install_crash_hook, install_pause_hook
 from .decodes import decode_count
-from .loaders import N_ITEMS, SlowLoader, make_items
+from .loaders import N_ITEMS, BadLoader, SlowLoader, make_items
 from .processes import CHILD_DEADLINE, DEADLINE, fork_child, write_result
 from .samples import dataset_digest
 
@@ -53,12 +57,12 @@ def published(cache_dir: Path) -> list[Path]:
 
 
 def staged_samples(cache_dir: Path) -> int:
-    """Samples covered by final-named shards under every staging directory."""
-    covered: set[int] = set()
+    """Samples covered by final-named shards, summed over every staging directory."""
+    covered: set[tuple[str, int]] = set()
     for path in cache_dir.glob(".staging/*/shard-*"):
         match = SHARD_NAME.match(path.name)
         if match:
-            covered.update(range(int(match[1]), int(match[2])))
+            covered.update((path.parent.name, i) for i in range(int(match[1]), int(match[2])))
     return len(covered)
 
 
@@ -91,7 +95,20 @@ def child_spec(workdir: Path, tag: str, **options: Any) -> dict[str, Any]:
     return spec
 
 
-def _loader(spec: dict[str, Any]) -> SlowLoader:
+def team_spec(job: str, ranks: list[int], me: int) -> dict[str, Any]:
+    """A `Team` as a JSON-able spec value: members ``ranks`` on this host, this one ``me``."""
+    return {"job": job, "ranks": ranks, "me": me}
+
+
+def team_of(spec: dict[str, Any]) -> Team:
+    """The `Team` a `team_spec` describes (the member pids are not known ahead: 0)."""
+    members = tuple(Member(rank, socket.gethostname(), 0) for rank in spec["ranks"])
+    return Team(spec["job"], members, spec["me"])
+
+
+def _loader(spec: dict[str, Any]) -> SlowLoader | BadLoader:
+    if spec.get("bad"):  # a loader that raises for those items (its decodes tagged "run")
+        return BadLoader(spec["count_file"], "raises", spec["bad"])
     return SlowLoader(
         spec["count_file"],
         tag=spec["tag"],
@@ -133,6 +150,20 @@ def child_build(spec: dict[str, Any]) -> None:
     items = make_items(spec.get("n", N_ITEMS), spec.get("prefix", "img"))
     result: dict[str, Any] = {"pid": os.getpid()}
     try:
+        if spec.get("team"):  # first this member's part in a cooperative build
+            share = Share(
+                spec.get("subset", "train"),
+                items,
+                _loader(spec),
+                team_of(spec["team"]),
+                spec.get("parallel", -1),
+            )
+            build_together(
+                Path(spec["cache_dir"]),
+                [share],
+                shard_bytes=spec.get("shard_bytes", SHARD_BYTES),
+                lock_timeout=spec.get("lock_timeout", 60.0),
+            )
         dataset = ensure_cache(
             Path(spec["cache_dir"]),
             spec.get("subset", "train"),
@@ -146,6 +177,41 @@ def child_build(spec: dict[str, Any]) -> None:
         dataset.close()
     except Exception as error:  # reported to the test, which asserts on it
         result.update(error=type(error).__name__, message=str(error))
+        result["rank_at_fault"] = getattr(error, "rank", None)
+    result["decodes"] = decode_count(spec["count_file"], spec["tag"])
+    write_result(Path(spec["result"]), result)
+
+
+def child_rank(spec: dict[str, Any]) -> None:
+    """One rank of a job without Lightning: a gloo group, then the disk tier's `open_all`
+    with ``distributed`` options, as ``CachingDataModule.setup`` calls it in a DDP job.
+
+    Spec: ``rank``, ``world``, ``init`` (the ``file://`` rendezvous), and as for
+    `child_build`. Reports the digest it serves, its decodes and when ``open_all`` returned.
+    """
+    import torch.distributed as dist
+
+    from shardcache.tiers import Subset, TierOptions, make_tier
+
+    multiprocessing.set_start_method("fork", force=True)
+    os.environ.update(spec.get("env", {}))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{spec['init']}", rank=spec["rank"], world_size=spec["world"]
+    )
+    items = make_items(spec.get("n", N_ITEMS))
+    options = TierOptions(
+        spec["cache_dir"], 60.0, spec.get("shard_bytes", SHARD_BYTES), distributed=True
+    )
+    result: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        (dataset,) = make_tier("disk", options).open_all([Subset("train", items, _loader(spec))])
+        result["returned"] = time.time()
+        result.update(digest=dataset_digest(dataset), path=str(dataset.path))
+        dataset.close()
+    except Exception as error:  # reported to the test, which asserts on it
+        result.update(error=type(error).__name__, message=str(error))
+    finally:
+        dist.destroy_process_group()
     result["decodes"] = decode_count(spec["count_file"], spec["tag"])
     write_result(Path(spec["result"]), result)
 

@@ -13,7 +13,8 @@
         ├── FormatVersionError                written by an incompatible format version
         ├── CacheDirError(OSError)            the cache directory cannot be used
         ├── InsufficientSpaceError(OSError)   not enough free space for a build
-        └── LockTimeoutError(TimeoutError)    another process held a build lock too long
+        ├── LockTimeoutError(TimeoutError)    another process held a build lock too long
+        └── PeerFailedError(RuntimeError)     a rank of a cooperative build died or failed
 
 Each class is constructible from one message string, so a DataLoader worker's exception is
 rebuilt in the parent with its own type (``torch/_utils.py::ExceptionWrapper.reraise``);
@@ -92,3 +93,17 @@ class InsufficientSpaceError(CacheError, OSError):
 
 class LockTimeoutError(CacheError, TimeoutError):
     """Another process held a cache's build lock past our deadline."""
+
+
+class PeerFailedError(CacheError, RuntimeError):
+    """Another rank of this job stopped or failed during a cooperative build of a cache.
+
+    Every rank then gives up (a DDP job with a dead rank cannot train anyway); the shards
+    already written stay in the staging directory, and the next run resumes from them.
+    ``rank`` is the rank at fault, when known. A `RuntimeError`, as torch's own errors for
+    a dead peer are.
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank

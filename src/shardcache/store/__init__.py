@@ -9,8 +9,9 @@ it: no symlink followed, no FIFO waited on), `tree` (a cache directory opened fo
 `trust` (whose entries are used; team directories), `sharing`, `tagging` (CACHEDIR.TAG),
 `identity` and `key`, `format` (the manifest), `header` and `shardfile` (shard files read
 and written), `options`, `writer`, `reader`, `locking` (build locks, leases), `removal`,
-`verification`, `usage`, `inventory` (and `is_ours`), `pruning`, `explain`, `atomic`, and
-`cache` (open or build). The names below are imported on first use, so that the command
+`verification`, `usage`, `inventory` (and `is_ours`), `pruning`, `explain`, `atomic`,
+`cache` (open or build), and `slices` and `cooperative` (several ranks of a job building
+one cache, each a slice). The names below are imported on first use, so that the command
 line, which needs only the inventory, starts without importing torch.
 """
 

@@ -21,6 +21,7 @@ from .locking import BuildLock
 from .options import ShardOptions
 from .reader import CacheDataset
 from .removal import discard, empty_trash
+from .slices import end_abandoned_builds
 from .tagging import ensure_tagged
 from .tree import CacheTree
 from .trust import verify_first_use
@@ -84,7 +85,7 @@ def _explain(names: CacheRoot, subset: str, key: CacheKey, items: Sequence[Any])
         logger.debug("cannot explain the miss of %s: %r", subset, error)
 
 
-def _prepare_tree(path: Path, damage: CorruptCacheError | None) -> CacheTree:
+def prepare_tree(path: Path, damage: CorruptCacheError | None) -> CacheTree:
     """Open (creating) the cache directory for a build, or say exactly why it cannot be."""
     try:
         tree = CacheTree.open(path, create=True)
@@ -122,6 +123,27 @@ def _clear_the_way(tree: CacheTree, path: Path, damage: CorruptCacheError | None
         raise
 
 
+def open_or_clear(tree: CacheTree, key: CacheKey, name: str) -> CacheDataset | None:
+    """Under ``key``'s build lock: the cache another process published meanwhile, or None.
+
+    When None, what stands in the way of a build is gone: a damaged cache, a directory of
+    the cache's name without a valid manifest, the trash of an interrupted removal.
+    """
+    existing = tree.names.find(key.digest)
+    if existing is not None:
+        try:
+            dataset = _open_checked(tree, existing, key)
+        except CorruptCacheError as error:
+            logger.warning("discarding damaged cache %s: %s", existing.name, error)
+            _clear_the_way(tree, existing, error)
+        else:
+            return _verified(tree, dataset)
+    if tree.root.exists(name):  # a directory of that name without a valid manifest
+        _clear_the_way(tree, tree.path / name, None)
+    empty_trash(tree)  # what a process killed inside `discard` left behind
+    return None
+
+
 def _build_under_lock(
     tree: CacheTree,
     key: CacheKey,
@@ -137,19 +159,11 @@ def _build_under_lock(
     """Take ``key``'s build lock, then open what another process built meanwhile, or build."""
     name = tree.names.cache_name(subset, key.digest)
     with BuildLock(tree.names.lock(key.digest), name, lock_timeout) as lock:
-        existing = tree.names.find(key.digest)
+        existing = open_or_clear(tree, key, name)
         if existing is not None:
-            try:
-                dataset = _open_checked(tree, existing, key)
-            except CorruptCacheError as error:
-                logger.warning("discarding damaged cache %s: %s", existing.name, error)
-                _clear_the_way(tree, existing, error)
-            else:
-                return _verified(tree, dataset)
-        leftover = tree.path / name
-        if tree.root.exists(name):  # a directory of that name without a valid manifest
-            _clear_the_way(tree, leftover, None)
-        empty_trash(tree)  # what a process killed inside `discard` left behind
+            return existing
+        with tree.locks() as locks:
+            end_abandoned_builds(locks, key.digest, keep=None, timeout=lock_timeout, name=name)
         path = build(
             tree=tree,
             name=name,
@@ -229,7 +243,7 @@ def ensure_cache(
                     return _verified(tree, opened)
                 _explain(tree.names, subset, key, items)
     # Another process may have built it while we waited for the lock: checked under it.
-    with _prepare_tree(path, damage) as tree:
+    with prepare_tree(path, damage) as tree:
         return _build_under_lock(
             tree,
             key,

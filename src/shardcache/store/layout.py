@@ -8,10 +8,16 @@
         items.json                          the split items, to explain a later cache miss
         shard-<start>-<stop>-<xxh3>.safetensors   samples [start, stop) and the file's xxh3-128
         last-used                           touched when a run opens the cache
+      .shardcache-id                       this directory's identity: ranks that read the same
+                                           one share the directory, whatever its path
       .staging/<key>/                      a build in progress, or one to resume
       .locks/<key>.lock                    the build lock of a key
       .locks/<key>.owner.json              who holds it: pid, host, since, progress
       .locks/<key>.lease                   shared flock of every process that has it open
+      .locks/<key>.<job>.plan.json         a cooperative build: which samples each rank decodes
+      .locks/<key>.<job>.<s>.slice         held by the rank building slice s (and .owner.json)
+      .locks/<key>.<job>.<s>.done.json     slice s is written: its shards
+      .locks/<key>.<job>.failed            why that job's build was abandoned (the first error)
       .trash/                              caches being deleted (a rename, then unlinks)
       CACHEDIR.TAG                         marks the directory as a cache (bford.info/cachedir)
       shardcache-team.json                 a team directory's group (``shardcache share``)
@@ -43,6 +49,10 @@ TRASH_DIR = ".trash"
 TEMPORARY_PREFIX = ".tmp-"
 TAG_NAME = "CACHEDIR.TAG"
 TEAM_NAME = "shardcache-team.json"
+IDENTITY_NAME = ".shardcache-id"
+"""The directory's identity: ranks that read the same one share the directory."""
+JOB_FILE = re.compile(r"^(?P<key>[0-9a-f]{64})\.(?P<job>[0-9a-f]+)\.(?P<what>.+)$")
+"""A cooperative build's file in ``.locks/``: ``<key>.<job>.plan.json``, ``...<s>.slice``..."""
 
 CACHE_NAME = re.compile(rf"^(?P<subset>.+)-(?P<short>[0-9a-f]{{{KEY_CHARS_IN_NAME}}})$")
 SHARD_NAME = re.compile(r"^shard-(\d{9})-(\d{9})-([0-9a-f]{32})\.safetensors$")
@@ -109,6 +119,10 @@ class CacheRoot:
     def lease(self, key: str) -> Path:
         """The lease file of ``key``: shared-locked by every process that has it open."""
         return self.locks() / f"{key}.lease"
+
+    def identity(self) -> Path:
+        """The file holding this directory's identity token (see `store.jobfiles`)."""
+        return self.path / IDENTITY_NAME
 
     def trash(self) -> Path:
         """Where caches go to be deleted, so no reader ever sees half a directory."""

@@ -68,6 +68,31 @@ class _Backend:
             return filelock.FileLock(str(path), thread_local=False)
         return filelock.FileLock(str(path), thread_local=False, mode=mode)
 
+    def held(self, path: Path) -> bool | None:
+        """Whether a live process holds the lock at ``path`` (None: the backend cannot tell).
+
+        Opened without creating it: a lock file that is gone is not held. Opened for writing:
+        on NFS, Linux emulates ``flock`` with ``fcntl`` locks, which need it. A lock file that
+        cannot be opened (another user's, or a symlink) counts as held: its waiters wait.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return False
+        except OSError as error:  # another user's, or a symlink or FIFO planted there
+            if error.errno in {errno.EACCES, errno.EPERM, errno.ELOOP}:
+                return True
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in {errno.EAGAIN, errno.EACCES}:
+                raise
+            return True
+        finally:
+            os.close(fd)  # also ends the probe's own lock, when it got one
+        return False
+
     def break_stale(
         self,
         lock: filelock.BaseFileLock,  # noqa: ARG002 (the soft backend's signature)
@@ -88,6 +113,10 @@ class _SoftBackend(_Backend):
             return filelock.SoftFileLock(str(path), thread_local=False)
         return filelock.SoftFileLock(str(path), thread_local=False, mode=mode)
 
+    def held(self, path: Path) -> bool | None:  # noqa: ARG002 (the fcntl backend's signature)
+        """Cannot be told from a lock file alone: its holder may have died (see `pid_alive`)."""
+        return None
+
     def break_stale(
         self, lock: filelock.BaseFileLock, path: Path, owner: dict[str, Any] | None
     ) -> bool:
@@ -98,7 +127,7 @@ class _SoftBackend(_Backend):
             # that holder died; our owner file may still name a dead earlier holder while a
             # live one has just taken the lock, and must not break it.
             return False
-        if owner.get("host") != socket.gethostname() or _pid_alive(int(owner.get("pid", 0))):
+        if owner.get("host") != socket.gethostname() or pid_alive(int(owner.get("pid", 0))):
             return False
         logger.warning("removing the stale lock of dead %s", describe_owner(owner))
         path.unlink(missing_ok=True)
@@ -113,7 +142,8 @@ def backend() -> _Backend:
     return _BACKENDS[settings.lock_kind()]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

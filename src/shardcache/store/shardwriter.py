@@ -80,11 +80,19 @@ class ShardWriter:
     the GIL); a bounded queue keeps at most two shards in memory.
     """
 
-    def __init__(self, staging: Directory, options: ShardOptions, samples_to_write: int) -> None:
+    def __init__(
+        self,
+        staging: Directory,
+        options: ShardOptions,
+        samples_to_write: int,
+        build_samples: int | None = None,
+    ) -> None:
         self.staging = staging
         self.automatic_size = options.target_bytes is None
         self.shard_bytes = options.target_bytes or DEFAULT_SHARD_BYTES
         self.samples_to_write = samples_to_write
+        # A cooperative build's writers each write a part: sizes are estimated for the whole.
+        self.build_samples = build_samples or samples_to_write
         self.written: list[StagedShard] = []
         self.samples_written = 0
         self._pending: list[Sample] = []
@@ -109,7 +117,7 @@ class ShardWriter:
             self._check_free_space()
             if self.automatic_size:
                 self.shard_bytes = automatic_shard_bytes(
-                    self._seen_bytes // self._seen * self.samples_to_write
+                    self._seen_bytes // self._seen * self.build_samples
                 )
         if self._pending and (
             sample.index != self._pending[-1].index + 1
@@ -123,7 +131,7 @@ class ShardWriter:
         self._pending_header += header
 
     def _check_free_space(self) -> None:
-        needed = int(self._seen_bytes / self._seen * self.samples_to_write * SPACE_MARGIN)
+        needed = int(self._seen_bytes / self._seen * self.build_samples * SPACE_MARGIN)
         free = free_bytes(self.staging)
         if needed > free:
             # Refused: writing what is pending would only fill the disk, and a full disk
@@ -132,7 +140,7 @@ class ShardWriter:
             self._pending_bytes = self._pending_header = 0
             raise InsufficientSpaceError(
                 f"not enough free space to build the cache in {self.staging.path.parent.parent}: "
-                f"needs about {format_size(needed)} ({self.samples_to_write} samples of about "
+                f"needs about {format_size(needed)} ({self.build_samples} samples of about "
                 f"{format_size(self._seen_bytes // self._seen)}), {format_size(free)} free. "
                 "Free some space (`shardcache prune`), or set cache_dir / SHARDCACHE_DIR elsewhere"
             )

@@ -75,10 +75,47 @@ def _verified(staging: Directory, name: str, num_items: int) -> StagedShard | No
     return StagedShard(ShardInfo(name, start, stop, header.file_bytes, digest), header)
 
 
+def staged_shard(staging: Directory, info: ShardInfo) -> StagedShard:
+    """The shard another process wrote and listed as ``info``, its header read and checked.
+
+    Its checksum is the one its writer computed (part of its name); a reader checks it.
+
+    Raises:
+        CorruptCacheError: the file is not what ``info`` says.
+    """
+    path = staging.child(info.file)
+    match = SHARD_NAME.match(info.file)
+    if match is None or (int(match[1]), int(match[2]), match[3]) != (
+        info.start,
+        info.stop,
+        info.xxh3_128,
+    ):
+        raise CorruptCacheError(f"{path}: not the shard its done file lists", path=path)
+    try:
+        fd = staging.open_file(info.file)
+    except (FileNotFoundError, WrongKindError) as error:
+        raise CorruptCacheError(f"{path}: {error}", path=path) from error
+    try:
+        size = os.fstat(fd).st_size
+        header = read_header(
+            path,
+            expected_bytes=info.bytes,
+            opened=(lambda offset, n: os.pread(fd, n, offset), size),
+        )
+    finally:
+        os.close(fd)
+    if (header.start, header.stop) != (info.start, info.stop):
+        raise CorruptCacheError(f"{path}: its samples are not those its done file lists", path=path)
+    return StagedShard(info, header)
+
+
 def reusable_shards(staging: Directory, num_items: int) -> list[StagedShard]:
     """Complete, checksum-verified shards of an interrupted build; others are deleted.
 
-    The caller holds the build lock: a temporary file here is a dead writer's.
+    The caller holds the build lock, and no member of a cooperative build writes here any
+    more (`slices.end_abandoned_builds`; its own job's members start after its plan): every
+    process that writes into a staging directory holds its build lock or a slice lock of
+    it, so a temporary file here is a dead writer's.
     """
     found: list[StagedShard] = []
     for name, _ in staging.entries():

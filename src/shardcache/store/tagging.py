@@ -18,6 +18,7 @@ from .atomic import write_atomically
 from .fs import Directory
 from .layout import (
     CACHE_NAME,
+    IDENTITY_NAME,
     LOCKS_DIR,
     MANIFEST_NAME,
     STAGING_DIR,
@@ -55,7 +56,7 @@ def is_tagged(root: Directory) -> bool:
 def _only_ours(root: Directory) -> bool:
     """Whether every entry of ``root`` is one shardcache makes (caches with a manifest)."""
     for name, mode in root.entries():
-        if name in {TAG_NAME, TEAM_NAME}:
+        if name in {TAG_NAME, TEAM_NAME, IDENTITY_NAME}:
             continue
         if not stat.S_ISDIR(mode):
             return False

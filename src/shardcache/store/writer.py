@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,46 @@ from .staging import StagedShard, make_staging, missing_indices, reusable_shards
 from .tree import CacheTree
 
 logger = logging.getLogger(__name__)
+
+
+def decode_shards(
+    staging: Directory,
+    subset: str,
+    items: Sequence[Any],
+    loader: RawDataLoader,
+    indices: Sequence[int],
+    *,
+    progress: Callable[[int], None],
+    parallel: int,
+    options: ShardOptions,
+    transforms: Sequence[Transform] = (),
+    build_samples: int | None = None,
+) -> tuple[list[StagedShard], int]:
+    """Decode ``items[i]`` for each ``i`` in ``indices`` into new shards in ``staging``.
+
+    Returns the shards written and the shard size the writer chose. ``progress`` gets the
+    count of samples written so far. ``build_samples``: samples of the whole build when
+    this is a part of it (a cooperative build's slice), for the size estimates.
+    """
+    writer = ShardWriter(staging, options, len(indices), build_samples)
+    prepare = functools.partial(encode, narrowing=options.narrowing)
+    try:
+        decoded = decode(
+            subset,
+            items,
+            loader,
+            prepare,
+            indices=indices,
+            parallel=parallel,
+            transforms=transforms,
+        )
+        for sample in decoded:
+            writer.add(sample)
+            progress(writer.samples_written)
+    finally:
+        # Keeps what was decoded before a failure, for the next build to resume.
+        writer.close()
+    return writer.written, writer.shard_bytes
 
 
 def _decode_missing(
@@ -70,26 +110,19 @@ def _decode_missing(
         logger.info("building %s (%d samples) in %s", name, len(items), staging.path.parent.parent)
     if not missing:
         return sorted(reused, key=lambda shard: shard.info.start), options.target_bytes or 0
-    writer = ShardWriter(staging, options, len(missing))
-    prepare = functools.partial(encode, narrowing=options.narrowing)
-    try:
-        decoded = decode(
-            subset,
-            items,
-            loader,
-            prepare,
-            indices=missing,
-            parallel=parallel,
-            transforms=transforms,
-        )
-        for sample in decoded:
-            writer.add(sample)
-            lock.report_progress(len(items) - len(missing) + writer.samples_written, len(items))
-    finally:
-        # Keeps what was decoded before a failure, for the next build to resume.
-        writer.close()
-    shards = sorted([*reused, *writer.written], key=lambda shard: shard.info.start)
-    return shards, writer.shard_bytes
+    before = len(items) - len(missing)
+    written, chosen = decode_shards(
+        staging,
+        subset,
+        items,
+        loader,
+        missing,
+        progress=lambda done: lock.report_progress(before + done, len(items)),
+        parallel=parallel,
+        options=options,
+        transforms=transforms,
+    )
+    return sorted([*reused, *written], key=lambda shard: shard.info.start), chosen
 
 
 def _publish(
@@ -132,6 +165,39 @@ def _describe(storage: Storage) -> str:
     return text
 
 
+def publish_build(
+    *,
+    tree: CacheTree,
+    staging: Directory,
+    name: str,
+    subset: str,
+    items: Sequence[Any],
+    key: CacheKey,
+    shards: Sequence[StagedShard],
+    options: ShardOptions,
+    chosen_bytes: int,
+) -> Path:
+    """Write the manifest of ``shards`` (in order, tiling every sample) and publish ``name``."""
+    storage = sum((storage_of(shard.header) for shard in shards), Storage())
+    manifest = Manifest(
+        key=key.digest,
+        subset=subset,
+        num_samples=len(items),
+        shards=tuple(shard.info for shard in shards),
+        labels=tuple(record.get("label") for s in shards for record in s.header.records),
+        key_inputs=key.inputs,
+        library_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        storage=vars(storage),
+        shard_options=options.record(chosen_bytes),
+    )
+    final = _publish(tree, staging, name, manifest, items)
+    logger.info(
+        "published %s: %d samples, %d shards, %s", name, len(items), len(shards), _describe(storage)
+    )
+    return final
+
+
 def build(
     *,
     tree: CacheTree,
@@ -150,21 +216,14 @@ def build(
         shards, chosen_bytes = _decode_missing(
             staging, name, subset, items, loader, lock, parallel, options, transforms
         )
-        storage = sum((storage_of(shard.header) for shard in shards), Storage())
-        manifest = Manifest(
-            key=key.digest,
+        return publish_build(
+            tree=tree,
+            staging=staging,
+            name=name,
             subset=subset,
-            num_samples=len(items),
-            shards=tuple(shard.info for shard in shards),
-            labels=tuple(record.get("label") for s in shards for record in s.header.records),
-            key_inputs=key.inputs,
-            library_version=__version__,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            storage=vars(storage),
-            shard_options=options.record(chosen_bytes),
+            items=items,
+            key=key,
+            shards=shards,
+            options=options,
+            chosen_bytes=chosen_bytes,
         )
-        final = _publish(tree, staging, name, manifest, items)
-    logger.info(
-        "published %s: %d samples, %d shards, %s", name, len(items), len(shards), _describe(storage)
-    )
-    return final

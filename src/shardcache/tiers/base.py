@@ -42,12 +42,16 @@ class TierOptions:
         lock_timeout: seconds to wait for another process's build of the same cache.
         shard_bytes: target size of one shard file (None: automatic).
         narrow: store float tensors as 8- or 16-bit integers where that is exact.
+        distributed: every rank of a multi-process job calls `Tier.open_all` at once
+            (Lightning's ``setup`` with ``world_size > 1``): the disk tier builds a missing
+            cache with every rank that needs it, each decoding a slice.
     """
 
     cache_dir: str | PathLike[str] | None = None
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     shard_bytes: int | None = None
     narrow: bool = True
+    distributed: bool = False
 
 
 class Tier(Protocol):
@@ -59,4 +63,8 @@ class Tier(Protocol):
 
     def open(self, subset: Subset) -> SampleDataset:
         """Make ``subset`` servable in this process; the caller closes the dataset."""
+        ...
+
+    def open_all(self, subsets: Sequence[Subset]) -> Sequence[SampleDataset]:
+        """`open` each subset; with ``distributed`` options, every rank of the job calls it."""
         ...

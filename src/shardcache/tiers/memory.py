@@ -95,3 +95,7 @@ class MemoryTier:
             parallel=subset.parallel,
             transforms=subset.transforms,
         )
+
+    def open_all(self, subsets: Sequence[Subset]) -> list[MemoryDataset]:
+        """`open` each subset: every process decodes on its own, with or without peers."""
+        return [self.open(subset) for subset in subsets]

@@ -68,3 +68,7 @@ class NoneTier:
     def open(self, subset: Subset) -> RawDataset:
         """A dataset that decodes on access."""
         return RawDataset(subset.name, subset.items, subset.loader, subset.transforms)
+
+    def open_all(self, subsets: Sequence[Subset]) -> list[RawDataset]:
+        """`open` each subset: every process decodes on its own, with or without peers."""
+        return [self.open(subset) for subset in subsets]
