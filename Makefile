@@ -21,8 +21,8 @@ $(NATIVE): src/shardcache/core/_native.c | $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt -e .
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check --no-cache src tests benchmarks
+	$(BIN)/ruff format --no-cache --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import mednet.data.datamodule as _mednet
 import pytest
+
 import shardcache.mednet as _ours
 
 _ORIGINAL = _mednet.CachingDataModule
