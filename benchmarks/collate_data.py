@@ -57,6 +57,15 @@ def read_safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
 _DTYPES = {"F32": torch.float32, "F64": torch.float64, "U8": torch.uint8, "U16": torch.uint16}
 
 
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Contiguous strides of ``shape``, in elements."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 class SafetensorsViews(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]]):
     """A hand-rolled reader of a cache's shards: a view of the mapping per sample.
 
@@ -81,7 +90,7 @@ class SafetensorsViews(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, An
                 found[int(name.split("/")[0])] = (number, begin, dtype, tuple(info["shape"]))
         self.entries = [found[index] for index in range(len(found))]
         self._pid = -1
-        self._storages: list[torch.UntypedStorage] = []
+        self._storages: list[Any] = []
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -95,7 +104,7 @@ class SafetensorsViews(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, An
             self._pid = os.getpid()
         shard, begin, dtype, shape = self.entries[index]
         view = torch.empty(0, dtype=dtype).set_(
-            self._storages[shard], begin // dtype.itemsize, shape
+            self._storages[shard], begin // dtype.itemsize, shape, _strides(shape)
         )
         return view, {"index": index}
 

@@ -125,7 +125,9 @@ def instrumented(clock: StageClock) -> Iterator[StageClock]:
 
     replace(sampler.BatchSampler, "__iter__", timed_batches)
     # BatchCollator's second pass copies torch's map per batch: it picks up these wrappers.
-    leaves = {kind: fn for kind, fn in default_collate_fn_map.items() if kind in (int, float, str)}
+    leaves: dict[Any, Callable[..., Any]] = {
+        kind: fn for kind, fn in default_collate_fn_map.items() if kind in (int, float, str)
+    }
     for kind, function in leaves.items():
         default_collate_fn_map[kind] = clock.timed("metadata", function)
     try:
@@ -176,7 +178,7 @@ def trivial_epoch_s(loader: Any) -> float:
     """An epoch of the same DataLoader set-up over `_Trivial`: its machinery and sampler."""
     from torch.utils.data import DataLoader
 
-    trivial = DataLoader(
+    trivial: DataLoader[int] = DataLoader(
         _Trivial(len(loader.dataset)),  # type: ignore[arg-type]
         batch_size=loader.batch_size,
         shuffle=True,
@@ -212,7 +214,7 @@ def profile_loader(loader: Any, rounds: int) -> dict[str, Any]:
     if loader.num_workers:
         raise ValueError("the stage profile runs in-process: num_workers must be 0")
     _epoch(loader)  # warm-up: maps the shards, allocates the batch buffers
-    runs = []
+    runs: list[dict[str, Any]] = []
     for _ in range(rounds):
         faults = _minor_faults()
         plain_s, served = _epoch(loader)
@@ -235,7 +237,7 @@ def profile_loader(loader: Any, rounds: int) -> dict[str, Any]:
         )
 
     def median_of(key: str) -> float:
-        return statistics.median(run[key] for run in runs)
+        return float(statistics.median(float(run[key]) for run in runs))
 
     return {
         "samples": len(loader.dataset),

@@ -319,10 +319,10 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     for tier in DISK_TIERS:
         label = LABELS[tier]
-        warm = [p["ratios"][tier]["warm_samples_per_s"] for p in blocks]
-        line(f"{label} warm throughput vs memory", _worst(warm, at_most=False), 0.9, False, "x")
-        build = [p["ratios"][tier]["build_s"] for p in blocks]
-        line(f"{label} build time vs memory load", _worst(build, at_most=True), 1.1, True, "x")
+        warm = _worst([p["ratios"][tier]["warm_samples_per_s"] for p in blocks], at_most=False)
+        line(f"{label} warm throughput vs memory", warm, 0.9, False, "x")
+        build = _worst([p["ratios"][tier]["build_s"] for p in blocks], at_most=True)
+        line(f"{label} build time vs memory load", build, 1.1, True, "x")
     narrow = [p["narrow_vs_float32"] for p in blocks]
     size = _worst([n["cache_bytes"] for n in narrow], at_most=True)
     line("disk cache bytes, narrow vs float32", size, 0.3, True, "x")
