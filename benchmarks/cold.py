@@ -7,11 +7,14 @@ new DataModule and ``train_dataloader()``: set up (opens the manifest, maps noth
 the shards' pages and check with ``mincore`` how many stayed, then iterate one shuffled
 epoch; tear down (the mappings and DataLoader workers go, so the next drop can evict).
 With workers, an epoch's time includes starting them, as a training run's first epoch does.
+Each epoch also counts its major page faults (those that waited for the disk), workers'
+included.
 """
 
 from __future__ import annotations
 
 import gc
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import pagecache
+
+
+def _major_faults() -> int:
+    """Page faults that waited for the disk, of this process and its finished children."""
+    return sum(
+        resource.getrusage(who).ru_majflt
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
 
 
 def shard_files(module: Any) -> list[Path]:
@@ -34,6 +45,7 @@ def cold_epoch(make_module: Callable[[], Any], files: list[Path]) -> dict[str, A
     dropped = pagecache.drop(files)
     loader = module.train_dataloader()
     served, first_batch_s, first_batch_size = 0, None, 0
+    faults = _major_faults()
     started = time.perf_counter()
     for tensor, _ in loader:
         if first_batch_s is None:
@@ -43,6 +55,7 @@ def cold_epoch(make_module: Callable[[], Any], files: list[Path]) -> dict[str, A
     module.teardown("fit")
     del loader, module, tensor  # the DataLoader's persistent workers exit with it
     gc.collect()
+    faults = _major_faults() - faults  # the workers' count once they have exited
     rest = seconds - (first_batch_s or 0.0)
     return {
         "seconds": seconds,
@@ -50,6 +63,7 @@ def cold_epoch(make_module: Callable[[], Any], files: list[Path]) -> dict[str, A
         "samples_per_s": served / seconds,
         "first_batch_s": first_batch_s,
         "after_first_batch_samples_per_s": (served - first_batch_size) / rest if rest else None,
+        "major_faults": faults,
         **dropped,
     }
 
