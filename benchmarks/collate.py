@@ -170,14 +170,14 @@ def held(args: argparse.Namespace) -> dict[str, Any]:
     loaders = {name: module.train_dataloader() for name, module in modules.items()}
     kept: list[Any] = []
     rates: dict[str, list[float]] = {name: [] for name in loaders}
-    fresh = dict.fromkeys(loaders, 0)
+    fresh: dict[str, list[int]] = {name: [] for name in loaders}  # epochs of fresh batches
     for number in range(args.held_epochs):
         order = list(loaders) if number % 2 == 0 else list(loaders)[::-1]
         for name in order:
 
             def each(batch_number: int, batch: Any, name: str = name, number: int = number) -> None:
                 if not _pooled(loaders[name], batch[0]):
-                    fresh[name] += 1
+                    fresh[name].append(number)
                 if name == "held" and batch_number == 0 and number % HOLD_EVERY == 0:
                     kept.append(batch)
 
@@ -189,7 +189,8 @@ def held(args: argparse.Namespace) -> dict[str, Any]:
         "held_vs_plain": ratio(rest["held"], rest["plain"]),
         "hold_every": HOLD_EVERY,
         "batches_kept": len(kept),
-        "fresh_batches_seen": fresh,
+        "fresh_batches_seen": {name: len(epochs) for name, epochs in fresh.items()},
+        "fresh_batch_epochs": fresh,
     }
 
 
