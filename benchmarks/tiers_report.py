@@ -253,7 +253,9 @@ def _narrow(summary: dict[str, Any]) -> list[str]:
         "(no root needed); `mincore` then counts the shard pages still cached (*left after "
         "drop*, the worst epoch: 0% means every page came from the disk). With workers, a "
         "cold epoch includes starting them. *read MB/s*: a sequential `readv` of the same "
-        "shard files after a drop: the disk's cold bandwidth for them.",
+        "shard files after a drop: the disk's cold bandwidth for them. *major faults*: "
+        "page faults that waited for the disk in a cold epoch, workers' included (the "
+        "kernel reads ahead around each one).",
         "",
     ]
     rows = []
@@ -272,6 +274,7 @@ def _narrow(summary: dict[str, Any]) -> list[str]:
                 _num(wide["cold_samples_per_s"]),
                 _ratio(ratios["cold_samples_per_s"]),
                 f"{_num(narrow['cold_read_mb_s'])} / {_num(wide['cold_read_mb_s'])}",
+                f"{_num(narrow['cold_major_faults'], 0)} / {_num(wide['cold_major_faults'], 0)}",
                 "n/a" if left is None else f"{left:.1%}",
             ]
         )
@@ -285,6 +288,7 @@ def _narrow(summary: dict[str, Any]) -> list[str]:
             "cold, float32",
             "ratio",
             "cold read MB/s (narrow / float32)",
+            "major faults per cold epoch (narrow / float32)",
             "pages left after drop",
         ],
         rows,

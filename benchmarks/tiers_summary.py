@@ -92,6 +92,7 @@ def cold_figures(builds: list[dict[str, Any]]) -> dict[str, Any]:
             [e["after_first_batch_samples_per_s"] for e in epochs]
         ),
         "cold_first_batch_s": median([e["first_batch_s"] for e in epochs]),
+        "cold_major_faults": median([e.get("major_faults") for e in epochs]),
         "cold_read_mb_s": median([cold["read"]["mb_s"] for cold in colds]),
         "cold_resident_after_drop": max(
             [e["resident_after"] for e in epochs]
