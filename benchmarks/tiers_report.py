@@ -2,50 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.harness import markdown_table
-from benchmarks.tiers_plan import LABELS, TIERS
+from benchmarks import tiers_report_narrow
+from benchmarks.tiers_format import num, size, table, tier_label, times
+from benchmarks.tiers_plan import TIERS
 
 BUSY_LOAD = 0.5
 """Load average per CPU above which the report warns that other work shared the machine."""
 
 
-def _num(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
-
-
-def _size(nbytes: float | None) -> str:
-    if not nbytes:
-        return "0"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:.1f} GiB"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [markdown_table(header, rows), ""]
-
-
 def _workers(parallel: int) -> str:
     return "in-process" if parallel < 0 else f"{parallel} workers"
-
-
-def tier_label(tier: str) -> str:
-    """A tier row's name in tables: `` `disk` (float32)`` for ``disk-float32``."""
-    name, _, storage = LABELS.get(tier, tier).partition(" ")
-    return f"`{name}` {storage}".rstrip()
-
-
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def _intro(summary: dict[str, Any]) -> list[str]:
@@ -63,7 +31,7 @@ def _intro(summary: dict[str, Any]) -> list[str]:
         f"Data: N = {n} synthetic {params['mode']} {params['image_format'].upper()} images of "
         f"{params['size']}x{params['size']} (files at {dataset['compression']:.0%} of the raw "
         f"pixels, 70/30 classes), decoded to float32 {shape}: "
-        f"{_size(params['sample_bytes'])} per sample, {_size(params['decoded_bytes'])} in all. "
+        f"{size(params['sample_bytes'])} per sample, {size(params['decoded_bytes'])} in all. "
         f"Batches of {params['batch_size']}, shuffled, through "
         f"`CachingDataModule.train_dataloader()`. Every figure is the median of "
         f"{params['repeats']} fresh processes; ratios are against the memory tier of the same run.",
@@ -108,19 +76,19 @@ def _summary(summary: dict[str, Any]) -> list[str]:
         rows.append(
             [
                 tier_label(tier),
-                _num(t["build_s"]),
-                _num(t["warm_samples_per_s"]),
-                _num(t["cold_samples_per_s"]),
-                _num(t["first_batch_s"], 3),
+                num(t["build_s"]),
+                num(t["warm_samples_per_s"]),
+                num(t["cold_samples_per_s"]),
+                num(t["first_batch_s"], 3),
                 str(t["decodes_first_run"]),
                 str(t["decodes_second_run"]),
-                _num(t["rss_mb"]),
-                _num(t["pss_mb"]),
-                _num(summary["by_parallel"][str(head)]["tiers"][tier]["data_copies"]),
-                _size(t["cache_bytes"]),
+                num(t["rss_mb"]),
+                num(t["pss_mb"]),
+                num(summary["by_parallel"][str(head)]["tiers"][tier]["data_copies"]),
+                size(t["cache_bytes"]),
             ]
         )
-    out = _table(
+    out = table(
         [
             "tier",
             "build / first epoch (s)",
@@ -156,12 +124,12 @@ def _summary(summary: dict[str, Any]) -> list[str]:
     rows = [
         [tier_label(tier)]
         + [
-            _ratio(summary["ratios"][tier][key])
+            times(summary["ratios"][tier][key])
             for key in ("build_s", "warm_samples_per_s", "first_batch_s", "pss_mb")
         ]
         for tier in summary["ratios"]
     ]
-    out += _table(["tier", "build", "warm throughput", "first batch", "PSS"], rows)
+    out += table(["tier", "build", "warm throughput", "first batch", "PSS"], rows)
     return out
 
 
@@ -175,7 +143,7 @@ def _targets(summary: dict[str, Any]) -> list[str]:
         if goal is not None:
             wanted += f", goal {goal} {target['unit']}"
         out.append(
-            f"- **{verdict}** {target['name']}: {_num(target['value'], 2)} {target['unit']} "
+            f"- **{verdict}** {target['name']}: {num(target['value'], 2)} {target['unit']} "
             f"({wanted})"
         )
     out += [
@@ -197,19 +165,19 @@ def _by_parallel(summary: dict[str, Any]) -> list[str]:
                 [
                     parallel,
                     tier_label(tier),
-                    _num(t["build_s"]),
-                    _num(t["first_epoch_samples_per_s"]),
-                    _num(t["warm_samples_per_s"]),
-                    _num(t["first_batch_s"], 3),
+                    num(t["build_s"]),
+                    num(t["first_epoch_samples_per_s"]),
+                    num(t["warm_samples_per_s"]),
+                    num(t["first_batch_s"], 3),
                     str(t["processes"]),
-                    _num(t["rss_mb"]),
-                    _num(t["pss_mb"]),
-                    _num(t["uss_mb"]),
-                    _num(t["cache_pss_mb"]),
-                    _num(t["data_copies"], 2),
+                    num(t["rss_mb"]),
+                    num(t["pss_mb"]),
+                    num(t["uss_mb"]),
+                    num(t["cache_pss_mb"]),
+                    num(t["data_copies"], 2),
                 ]
             )
-    out += _table(
+    out += table(
         [
             "parallel",
             "tier",
@@ -237,108 +205,6 @@ def _by_parallel(summary: dict[str, Any]) -> list[str]:
     return out
 
 
-def _narrow_count(storage: dict[str, int] | None) -> str:
-    if not storage:
-        return "n/a"
-    return f"{storage.get('narrow_tensors', 0):,} of {storage.get('tensors', 0):,}"
-
-
-def _narrow(summary: dict[str, Any]) -> list[str]:
-    """The two disk rows side by side: throughput warm and cold, build, bytes; digests."""
-    out = [
-        "## Narrow against float32 storage (the disk tier)",
-        "",
-        "*cold*: in the process that built the cache, each cold epoch runs through a new "
-        "DataModule right after `posix_fadvise(POSIX_FADV_DONTNEED)` on every shard file "
-        "(no root needed); `mincore` then counts the shard pages still cached (*left after "
-        "drop*, the worst epoch: 0% means every page came from the disk). With workers, a "
-        "cold epoch includes starting them. *read MB/s*: a sequential `readv` of the same "
-        "shard files after a drop: the disk's cold bandwidth for them. *major faults*: "
-        "page faults that waited for the disk in a cold epoch, workers' included (the "
-        "kernel reads ahead around each one).",
-        "",
-    ]
-    rows = []
-    for parallel, block in summary["by_parallel"].items():
-        narrow, wide = block["tiers"]["disk"], block["tiers"]["disk-float32"]
-        ratios = block["narrow_vs_float32"]
-        lefts = [t["cold_resident_after_drop"] for t in (narrow, wide)]
-        left = max((value for value in lefts if value is not None), default=None)
-        rows.append(
-            [
-                parallel,
-                _num(narrow["warm_samples_per_s"]),
-                _num(wide["warm_samples_per_s"]),
-                _ratio(ratios["warm_samples_per_s"]),
-                _num(narrow["cold_samples_per_s"]),
-                _num(wide["cold_samples_per_s"]),
-                _ratio(ratios["cold_samples_per_s"]),
-                f"{_num(narrow['cold_read_mb_s'])} / {_num(wide['cold_read_mb_s'])}",
-                f"{_num(narrow['cold_major_faults'], 0)} / {_num(wide['cold_major_faults'], 0)}",
-                "n/a" if left is None else f"{left:.1%}",
-            ]
-        )
-    out += _table(
-        [
-            "parallel",
-            "warm samples/s, narrow",
-            "warm, float32",
-            "ratio",
-            "cold samples/s, narrow",
-            "cold, float32",
-            "ratio",
-            "cold read MB/s (narrow / float32)",
-            "major faults per cold epoch (narrow / float32)",
-            "pages left after drop",
-        ],
-        rows,
-    )
-    rows = []
-    for parallel, block in summary["by_parallel"].items():
-        narrow, wide = block["tiers"]["disk"], block["tiers"]["disk-float32"]
-        ratios = block["narrow_vs_float32"]
-        rows.append(
-            [
-                parallel,
-                _num(narrow["build_s"]),
-                _num(wide["build_s"]),
-                _ratio(ratios["build_s"]),
-                _size(narrow["cache_bytes"]),
-                _size(wide["cache_bytes"]),
-                _ratio(ratios["cache_bytes"]),
-                _narrow_count(narrow["storage"]),
-            ]
-        )
-    out += _table(
-        [
-            "parallel",
-            "build (s), narrow",
-            "build, float32",
-            "ratio",
-            "cache on disk, narrow",
-            "float32",
-            "ratio",
-            "tensors stored narrow",
-        ],
-        rows,
-    )
-    identical = summary["served_identical"]
-    checked = ", ".join(tier_label(tier) for tier in identical["digests"])
-    if identical["identical"]:
-        verdict = f"bit-identical to `none`'s ({checked})"
-    elif identical["reference"] is None:
-        verdict = "not compared (no digest of tier `none`)"
-    else:
-        differing = ", ".join(tier_label(tier) for tier in identical["differing"])
-        verdict = f"**different** from `none`'s for {differing}"
-    out += [
-        "Served samples (every sample of an unshuffled epoch through `train_dataloader`'s "
-        f"collator, at every `parallel`, hashed in order): {verdict}.",
-        "",
-    ]
-    return out
-
-
 def _first_batch(summary: dict[str, Any]) -> list[str]:
     """Time to first batch on a warm disk cache, N against SCALE x N items."""
     n, scale = summary["params"]["items"], summary["params"]["scale"]
@@ -352,13 +218,13 @@ def _first_batch(summary: dict[str, Any]) -> list[str]:
     rows = [
         [
             parallel,
-            _num(block["first_batch"]["N"], 3),
-            _num(block["first_batch"][f"{scale}N"], 3),
-            _num(block["first_batch"]["ratio"], 2) + "x",
+            num(block["first_batch"]["N"], 3),
+            num(block["first_batch"][f"{scale}N"], 3),
+            num(block["first_batch"]["ratio"], 2) + "x",
         ]
         for parallel, block in summary["by_parallel"].items()
     ]
-    out += _table(["parallel", "N (s)", f"{scale}N (s)", "ratio"], rows)
+    out += table(["parallel", "N (s)", f"{scale}N (s)", "ratio"], rows)
     return out
 
 
@@ -377,15 +243,15 @@ def _ddp(summary: dict[str, Any]) -> list[str]:
         [
             f"`{tier}`",
             str(d["decodes_total"]),
-            _num(d["rss_sum_mb"]),
-            _num(d["pss_sum_mb"]),
-            _num(d["cache_pss_sum_mb"]) if tier == "disk" else "n/a",
-            _num(d["data_copies"], 2),
-            _num(d["seconds"]),
+            num(d["rss_sum_mb"]),
+            num(d["pss_sum_mb"]),
+            num(d["cache_pss_sum_mb"]) if tier == "disk" else "n/a",
+            num(d["data_copies"], 2),
+            num(d["seconds"]),
         ]
         for tier, d in summary["ddp"].items()
     ]
-    out += _table(
+    out += table(
         [
             "tier",
             "decodes (both ranks)",
@@ -407,7 +273,7 @@ def _references(summary: dict[str, Any]) -> list[str]:
         "## Physical references on this machine",
         "",
     ]
-    out += _table(
+    out += table(
         [
             "memcpy, samples from 256 MiB",
             "memcpy, one hot sample",
@@ -449,7 +315,7 @@ def markdown(summary: dict[str, Any]) -> str:
         _summary,
         _targets,
         _by_parallel,
-        _narrow,
+        tiers_report_narrow.section,
         _first_batch,
         _ddp,
         _references,
