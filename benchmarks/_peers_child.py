@@ -14,7 +14,8 @@ Tasks:
     sequential: ``ds[i]`` for every ``i`` in order, warm-up pass then timed passes; after
         timing, a few samples are compared with the reference tensors.
     memcpy: ``copy_`` of one 32-sample batch into a preallocated buffer.
-    profile: where the time of shardcache's disk tier, 0 workers, goes.
+    profile: where the time of shardcache's disk tier, 0 workers, goes
+        (`benchmarks.stages`).
 """
 
 from __future__ import annotations
@@ -139,117 +140,30 @@ def memcpy(spec: dict[str, Any]) -> dict[str, Any]:
     return {"gb_s": statistics.median(rates), "batch_bytes": nbytes, "rounds_gb_s": rates}
 
 
-class _Clocks:
-    """Wall and CPU seconds spent in named stages (CPU time: what other load cannot inflate)."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self._stage = ""
-        self._marks = (0.0, 0.0)
-
-    def start(self, stage: str) -> None:
-        self._stage = stage
-        self._marks = (time.perf_counter(), time.process_time())
-
-    def stop(self) -> None:
-        wall, cpu = self._marks
-        self.wall[self._stage] = self.wall.get(self._stage, 0.0) + time.perf_counter() - wall
-        self.cpu[self._stage] = self.cpu.get(self._stage, 0.0) + time.process_time() - cpu
-
-
-def _profile_round(loader: Any, buffer: torch.Tensor) -> tuple[_Clocks, int]:
-    """One loader epoch, then the same work stage by stage; the clocks and the epoch's faults."""
-    from torch.utils.data import default_collate
-
-    dataset, collate = loader.dataset, loader.collate_fn
-    clocks = _Clocks()
-    mark = _minor_faults()
-    clocks.start("loader_epoch")
-    for _ in loader:
-        pass
-    clocks.stop()
-    faults = _minor_faults() - mark
-    clocks.start("sampler")
-    index_batches = list(loader.batch_sampler)
-    clocks.stop()
-    for indices in index_batches:
-        clocks.start("getitem")
-        samples = [dataset[i] for i in indices]
-        clocks.stop()
-        clocks.start("collator")
-        batch = collate(samples)
-        clocks.stop()
-        del batch
-        clocks.start("metadata_collate")
-        default_collate([sample[1] for sample in samples])
-        clocks.stop()
-        out = buffer[: len(samples)]
-        clocks.start("stack")
-        torch.stack([sample[0] for sample in samples], out=out)
-        clocks.stop()
-    return clocks, faults
-
-
-def _stage_medians(runs: list[_Clocks], clock: str) -> dict[str, float]:
-    """Median seconds per stage over the rounds, and what the measured stages leave."""
-    values = {
-        name: statistics.median(getattr(run, clock)[name] for run in runs) for name in runs[0].wall
-    }
-    return {
-        **values,
-        "collator_other": values["collator"] - values["metadata_collate"] - values["stack"],
-        "dataloader_other": values["loader_epoch"]
-        - values["sampler"]
-        - values["getitem"]
-        - values["collator"],
-    }
-
-
-def _stack_rate(tensors: list[torch.Tensor], buffer: torch.Tensor) -> float:
-    """GB/s of ``torch.stack`` of ``tensors`` into the buffer, median of 5 rounds."""
-    out = buffer[: len(tensors)]
-    rates = timed_rates(lambda: torch.stack(tensors, out=out), amount=out.nbytes, warmup=False)
-    return statistics.median(rates) / 1e9
-
-
 def profile(spec: dict[str, Any]) -> dict[str, Any]:
-    """Where an epoch of the disk tier with 0 workers goes: each stage timed apart.
+    """Where an epoch of the disk tier with 0 workers goes: every stage timed where it runs.
 
-    Each round times one epoch of the loader itself, then the same work by hand, stage by
-    stage: the sampler's index batches, ``dataset[i]``, the collator's whole call, and,
-    apart, its two parts (the metadata's ``default_collate`` and ``torch.stack`` into a
-    buffer). What the stages leave of the loader's epoch is the DataLoader's own
-    machinery. Wall and CPU time are both kept: on a loaded machine the CPU time of each
-    stage is the steadier figure.
+    `benchmarks.stages.profile_loader` alternates plain epochs with epochs whose stage
+    functions are wrapped in timers of exclusive time. Then the copy's rate (one
+    ``memmove`` per sample, as the collator copies) from the cache's file-backed mapping
+    and from anonymous memory.
     """
+    from benchmarks.stages import copy_rate_gb_s, profile_loader
+
     system = ShardcacheSystem(spec)
-    rounds = max(spec["repeats"], 5)
     loader: Any = system.loader(0)
+    result = profile_loader(loader, max(spec["repeats"], 5))
     dataset = loader.dataset
-    count = len(dataset)
-    for _ in loader:  # warm-up: maps the shards, allocates the batch buffers
-        pass
     first, _ = dataset[0]
     buffer = torch.empty((loader.batch_size, *first.shape), dtype=first.dtype)
-    buffer.zero_()  # faulted in now, not in the first timed stack
-    runs, faults = zip(*(_profile_round(loader, buffer) for _ in range(rounds)), strict=True)
-    # The copy's speed from the cache's file-backed mapping against from anonymous memory.
-    mapped = [dataset[i][0] for i in range(min(count, loader.batch_size))]
+    buffer.zero_()  # faulted in now, not in the first timed copy
+    mapped = [dataset[i][0] for i in range(min(len(dataset), loader.batch_size))]
     in_memory = [tensor.clone() for tensor in mapped]
-    return {
-        "samples": count,
-        "rounds": rounds,
-        "wall_s": _stage_medians(list(runs), "wall"),
-        "cpu_s": _stage_medians(list(runs), "cpu"),
-        "runs_wall_s": [run.wall for run in runs],
-        "runs_cpu_s": [run.cpu for run in runs],
-        "loader_minor_faults": list(faults),
-        "stack_from_mmap_gb_s": _stack_rate(mapped, buffer),
-        "stack_from_memory_gb_s": _stack_rate(in_memory, buffer),
-        "sample_bytes": first.nbytes,
-        "torch_threads": torch.get_num_threads(),
-    }
+    result["copy_from_mmap_gb_s"] = copy_rate_gb_s(mapped, buffer)
+    result["copy_from_memory_gb_s"] = copy_rate_gb_s(in_memory, buffer)
+    result["sample_bytes"] = first.nbytes
+    result["torch_threads"] = torch.get_num_threads()
+    return result
 
 
 TASKS: dict[str, Task] = {

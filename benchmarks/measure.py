@@ -9,7 +9,9 @@ Tasks:
     run: open the train subset of one tier through `CachingDataModule` and time its
         phases: ``prepare_data`` (disk build), ``setup`` (memory load, disk open), the
         first batch, the first epoch and warm epochs; then count decodes and take the
-        memory of the process and its DataLoader workers.
+        memory of the process and its DataLoader workers. A build may go on with cold
+        epochs (`benchmarks.cold`); a run may end with a digest of every served sample,
+        in order (`served_digest`), for the tiers to be compared bit for bit.
     ddp: one rank of a two-rank gloo group: rank 0 prepares, every rank sets up and
         iterates a whole epoch, then each takes its memory while both are alive.
     references: physical references (`benchmarks.references`); the ``run`` task that
@@ -19,6 +21,9 @@ Tasks:
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from typing import Any
 import psutil
 import torch
 
+from benchmarks.cold import cold_epochs
 from benchmarks.counting import CountingImageLoader, count_decodes
 from benchmarks.harness import Task, child_main
 from benchmarks.references import references
@@ -106,21 +112,38 @@ def memory_tree(cache_dir: str | None = None) -> dict[str, Any]:
 
 
 def datamodule(spec: dict[str, Any], items: list[Any]) -> CachingDataModule:
+    """The DataModule of the spec's tier: its ``cache`` and, for the disk tier, ``narrow``."""
     return CachingDataModule(
         {"train": items},
         make_loader(spec),
         batch_size=spec["batch_size"],
         parallel=spec["parallel"],
-        cache=spec["tier"],
+        cache=spec["cache"],
         cache_dir=spec.get("cache_dir"),
+        narrow=spec.get("narrow", True),
     )
 
 
 def cache_dir(spec: dict[str, Any]) -> str | None:
     """The disk tier's cache directory, as mapped paths spell it (absolute)."""
-    if spec.get("tier") != "disk":
+    if spec.get("cache") != "disk":
         return None
     return str(Path(spec["cache_dir"]).resolve())
+
+
+def served_digest(module: CachingDataModule) -> str:
+    """A digest of every sample the unshuffled train loader serves, in order, bit for bit.
+
+    Through the same DataLoader and collator as training (narrow data widened in the batch
+    buffer): tensors by their bytes, metadata by its JSON.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor, metadata in module.unshuffled_train_dataloader():
+        digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        plain = {k: v.tolist() if torch.is_tensor(v) else v for k, v in metadata.items()}
+        digest.update(json.dumps(plain, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def decodes(spec: dict[str, Any]) -> int | None:
@@ -137,6 +160,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     items = train_items(spec)
     release_freed_memory()
     result: dict[str, Any] = {"items": len(items), "baseline": memory(psutil.Process())}
+    result["load_average"] = os.getloadavg()
     started = time.perf_counter()
     module = datamodule(spec, items)
     if spec.get("prepare"):
@@ -150,6 +174,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             result["prepare_extra_s"] = time.perf_counter() - mark
         if spec.get("references"):  # the cache is ready and not mapped here yet
             result["references"] = references(spec)
+        if spec.get("cold_epochs"):  # nothing maps the cache here: its pages can be dropped
+            result["cold"] = cold_epochs(lambda: datamodule(spec, items), spec["cold_epochs"])
     epochs = spec.get("epochs", 0)
     if epochs == 0 and not spec.get("first_batch_only"):
         return result
@@ -183,6 +209,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         # Persistent workers are still alive here. (Their freed memory is not trimmed.)
         result["memory"] = memory_tree(cache_dir(spec))
     result["decodes_total"] = decodes(spec)
+    if spec.get("digest"):  # after the decode counts: tier none decodes the split again
+        result["digest"] = served_digest(module)
     return result
 
 

@@ -7,7 +7,10 @@ Every measurement runs in a fresh interpreter (`benchmarks.measure`, through
 `benchmarks.harness`), repeated ``--repeats`` times with the tiers interleaved
 (`benchmarks.tiers_plan`); figures are medians, ratios are taken against the memory tier
 of the same run (`benchmarks.tiers_summary`). The page cache stays warm between
-processes, on purpose. Results: a table on stdout, and in ``--results-dir``:
+processes, on purpose, except for the disk tiers' cold epochs, which drop their shards'
+pages first (`benchmarks.cold`). Two disk rows: ``disk`` stores exact 8/16-bit data narrow
+(the synthetic PNGs are 8-bit, loaded as float32 / 255), ``disk-float32`` is the same tier
+with ``narrow=False``. Results: a table on stdout, and in ``--results-dir``:
 ``summary.json``, ``report.md`` and ``tiers.png`` (`benchmarks.tiers_report`,
 `benchmarks.tiers_plot`).
 
@@ -59,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warm-epochs", type=int, help="timed epochs after the first")
     parser.add_argument("--scale", type=int, default=4, help="the larger split is SCALE x N items")
     parser.add_argument(
+        "--cold-epochs",
+        type=int,
+        default=2,
+        help="epochs after dropping the shards' pages, per disk build process (default 2)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -78,8 +87,11 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     parallels = tuple(int(value) for value in args.parallel.split(",") if value.strip())
-    if not parallels or args.repeats < 1 or args.scale < 2:
-        parser.error("need at least one --parallel value, --repeats >= 1 and --scale >= 2")
+    if not parallels or args.repeats < 1 or args.scale < 2 or args.cold_epochs < 1:
+        parser.error(
+            "need at least one --parallel value, --repeats >= 1, --scale >= 2 and "
+            "--cold-epochs >= 1"
+        )
     return Options(
         quick=args.quick,
         items=args.items or preset["items"],
@@ -91,6 +103,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         batch_size=args.batch_size,
         warm_epochs=args.warm_epochs or preset["warm_epochs"],
         scale=args.scale,
+        cold_epochs=args.cold_epochs,
         threads=args.threads or None,
         ddp=args.ddp,
         keep_caches=args.keep_caches,

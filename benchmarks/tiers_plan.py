@@ -2,11 +2,14 @@
 
 Every measurement is a task of `benchmarks.measure` run by the harness
 (`benchmarks.harness.run_children`) in a new interpreter; its output goes to
-``<results>/tiers-logs/NAME.log``. Per repeat and ``parallel`` setting: the disk tier's
-build into an empty cache directory, one run per tier (the order rotates with the repeat,
-so that drift spreads evenly), and the disk tier's time to first batch on the larger
-split. Then, where needed, second runs of ``none`` and ``memory``, and two DDP ranks per
-tier. The raw results are what `benchmarks.tiers_summary` turns into figures.
+``<results>/tiers-logs/NAME.log``. Per repeat and ``parallel`` setting: each disk tier's
+build into an empty cache directory (``disk`` stores exact 8/16-bit data narrow,
+``disk-float32`` stores floats as loaded, in a cache directory of its own), followed in the
+same process by cold epochs (`benchmarks.cold`); one run per tier (the order rotates with
+the repeat, so that drift spreads evenly; the first repeat's runs end with a digest of the
+samples served); and the disk tier's time to first batch on the larger split. Then, where
+needed, second runs of ``none`` and ``memory``, and two DDP ranks per tier. The raw
+results are what `benchmarks.tiers_summary` turns into figures.
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from benchmarks import harness
 if TYPE_CHECKING:
     from benchmarks.synthetic import SyntheticDataset
 
-TIERS = ("none", "memory", "disk")
+TIERS = ("none", "memory", "disk", "disk-float32")
+DISK_TIERS = ("disk", "disk-float32")
+TIER_OPTIONS: dict[str, dict[str, Any]] = {
+    "none": {"cache": "none"},
+    "memory": {"cache": "memory"},
+    "disk": {"cache": "disk", "narrow": True},
+    "disk-float32": {"cache": "disk", "narrow": False},
+}
+"""What each tier row is: the DataModule's ``cache`` and, for the disk tier, ``narrow``."""
+LABELS = {"disk": "disk (narrow)", "disk-float32": "disk (float32)"}
 CHILD = "benchmarks.measure"
 CHILD_TIMEOUT_S = 3600
 """Seconds one measurement (or the two ranks of a DDP job) may take before it is killed."""
@@ -43,6 +55,7 @@ class Options:
     batch_size: int
     warm_epochs: int
     scale: int
+    cold_epochs: int
     threads: int | None
     ddp: bool
     keep_caches: bool
@@ -60,11 +73,18 @@ class Options:
         return self.repeats * len(self.parallels) == 1
 
 
-def published_bytes(cache_root: Path) -> int:
-    """Bytes of the published caches under a cache directory (staging and locks excluded)."""
-    from shardcache.store import CacheRoot
+def published_cache(cache_root: Path, items: int) -> dict[str, Any]:
+    """Bytes on disk and the manifest's ``storage`` of the N split's published cache.
 
-    return sum(harness.tree_bytes(path) for path in CacheRoot(cache_root).published())
+    (The first build's cache directory also holds the larger split's cache.)
+    """
+    from shardcache.store import CacheRoot, Manifest
+
+    for path in CacheRoot(cache_root).published():
+        manifest = Manifest.read(path / "manifest.json")
+        if manifest.num_samples == items:
+            return {"cache_bytes": harness.tree_bytes(path), "storage": manifest.storage}
+    raise RuntimeError(f"no published cache of {items} samples in {cache_root}")
 
 
 class Plan:
@@ -84,9 +104,10 @@ class Plan:
             "torch_threads": options.threads,
         }
         self.big = f"{options.scale}N"
-        self.warm_root = work / "cache-warm"
+        self.warm_roots = {tier: work / f"cache-warm-{tier}" for tier in DISK_TIERS}
         self.runs: list[dict[str, Any]] = []
-        per_repeat = len(options.parallels) * 5  # build, none, memory, disk warm, disk SCALE x N
+        # Per parallel: two builds, a run per tier, the disk tier's SCALE x N first batch.
+        per_repeat = len(options.parallels) * (len(DISK_TIERS) + len(TIERS) + 1)
         second_runs = 2 if options.extra_second_runs else 0
         self.total = options.repeats * per_repeat + second_runs + 2 * options.ddp
         self.done = 0
@@ -114,49 +135,65 @@ class Plan:
             {"kind": kind, "tier": tier, "parallel": parallel, "repeat": repeat, "result": result}
         )
 
-    def build(self, parallel: int, repeat: int) -> None:
-        """Disk, first run: ``prepare_data`` into an empty cache directory."""
-        tag = f"p{parallel}-r{repeat}"
-        first_build = not self.warm_root.exists()
-        cache_root = self.warm_root if first_build else self.work / f"cache-{tag}"
+    def builds(self, parallel: int, repeat: int) -> None:
+        """Both disk tiers' builds, in an order that alternates with the repeat."""
+        order = DISK_TIERS if repeat % 2 == 0 else DISK_TIERS[::-1]
+        for tier in order:
+            self.build(tier, parallel, repeat)
+
+    def build(self, tier: str, parallel: int, repeat: int) -> None:
+        """A disk tier's first run: ``prepare_data`` into an empty cache directory, then
+        cold epochs in the same process."""
+        tag = f"{tier}-p{parallel}-r{repeat}"
+        first_build = not self.warm_roots[tier].exists()
+        cache_root = self.warm_roots[tier] if first_build else self.work / f"cache-{tag}"
         spec = {
             **self.base,
-            "tier": "disk",
+            **TIER_OPTIONS[tier],
+            "tier": tier,
             "parallel": parallel,
             "cache_dir": str(cache_root),
             "prepare": True,
             "epochs": 0,
+            "cold_epochs": self.options.cold_epochs,
             "decode_log": str(self.work / f"decodes-build-{tag}"),
         }
-        label = f"disk   build          {self.where(parallel, repeat)}"
-        if first_build:
+        label = f"{tier:<12} build + cold     {self.where(parallel, repeat)}"
+        if first_build and tier == "disk":
             # Then, in the same process: the larger split's cache for the time-to-first-
-            # batch comparison, and the physical references (memcpy, page cache, mmap).
+            # batch comparison.
             spec["then_prepare_variant"] = self.big
+            label += f" (then the {self.big} cache)"
+        if first_build and tier == "disk-float32":
+            # The physical references (memcpy, page cache, mmap) on the cache whose
+            # samples are views of the mapping, as `CacheDataset[i]` serves them.
             spec["references"] = True
-            label += f" (then the {self.big} cache, references)"
-        (result,) = self.run([(f"disk-build-{tag}", spec)], label)
-        result["cache_bytes"] = published_bytes(cache_root)
+            label += " (then references)"
+        (result,) = self.run([(f"build-{tag}", spec)], label)
+        result.update(published_cache(cache_root, self.options.items))
         if not first_build:
             shutil.rmtree(cache_root)  # frees its page cache too
-        self.record("build", "disk", parallel, repeat, result)
+        self.record("build", tier, parallel, repeat, result)
 
     def tier_runs(self, parallel: int, repeat: int) -> None:
         """Each tier's run in a fresh process; the order rotates so drift spreads evenly."""
         tag = f"p{parallel}-r{repeat}"
-        order = [*TIERS][repeat % 3 :] + [*TIERS][: repeat % 3]
+        shift = repeat % len(TIERS)
+        order = [*TIERS[shift:], *TIERS[:shift]]
         for tier in order:
             spec = {
                 **self.base,
+                **TIER_OPTIONS[tier],
                 "tier": tier,
                 "parallel": parallel,
                 "epochs": 1 + self.options.warm_epochs,
                 "decode_log": str(self.work / f"decodes-{tier}-{tag}"),
+                "digest": repeat == 0,  # one digest per tier and parallel setting
             }
-            if tier == "disk":
-                spec["cache_dir"] = str(self.warm_root)
-            kind = "warm run" if tier == "disk" else "run"
-            label = f"{tier:<6} {kind:<14} {self.where(parallel, repeat)}"
+            if tier in DISK_TIERS:
+                spec["cache_dir"] = str(self.warm_roots[tier])
+            kind = "warm run" if tier in DISK_TIERS else "run"
+            label = f"{tier:<12} {kind:<15} {self.where(parallel, repeat)}"
             (result,) = self.run([(f"{tier}-{tag}", spec)], label)
             self.record("run", tier, parallel, repeat, result)
 
@@ -165,14 +202,15 @@ class Plan:
         tag = f"p{parallel}-r{repeat}"
         spec = {
             **self.base,
+            **TIER_OPTIONS["disk"],
             "tier": "disk",
             "parallel": parallel,
-            "cache_dir": str(self.warm_root),
+            "cache_dir": str(self.warm_roots["disk"]),
             "variant": self.big,
             "first_batch_only": True,
             "decode_log": str(self.work / f"decodes-first-batch-{tag}"),
         }
-        label = f"disk   first batch {self.big:<3} {self.where(parallel, repeat)}"
+        label = f"{'disk':<12} first batch {self.big:<3} {self.where(parallel, repeat)}"
         (result,) = self.run([(f"disk-first-batch-{self.big}-{tag}", spec)], label)
         self.record("first_batch", "disk", parallel, repeat, result)
 
@@ -182,12 +220,13 @@ class Plan:
         for tier in ("none", "memory"):
             spec = {
                 **self.base,
+                **TIER_OPTIONS[tier],
                 "tier": tier,
                 "parallel": parallel,
                 "epochs": 1,
                 "decode_log": str(self.work / f"decodes-{tier}-second"),
             }
-            label = f"{tier:<6} second run     parallel={parallel:>2}"
+            label = f"{tier:<12} second run      parallel={parallel:>2}"
             (result,) = self.run([(f"{tier}-second", spec)], label)
             self.record("second_run", tier, parallel, 1, result)
 
@@ -197,6 +236,7 @@ class Plan:
         for rank in range(2):
             spec = {
                 **self.base,
+                **TIER_OPTIONS[tier],
                 "task": "ddp",
                 "tier": tier,
                 "parallel": -1,
@@ -207,7 +247,7 @@ class Plan:
                 "decode_log": str(self.work / f"decodes-ddp-{tier}"),
             }
             ranks.append((f"ddp-{tier}-rank{rank}", spec))
-        return self.run(ranks, f"{tier:<6} DDP, 2 ranks (first run)")
+        return self.run(ranks, f"{tier:<12} DDP, 2 ranks (first run)")
 
     def where(self, parallel: int, repeat: int) -> str:
         return f"parallel={parallel:>2} repeat {repeat + 1}/{self.options.repeats}"
@@ -222,13 +262,13 @@ def measure(options: Options, dataset: SyntheticDataset) -> dict[str, Any]:
     plan = Plan(options, dataset, work)
     for repeat in range(options.repeats):
         for parallel in options.parallels:
-            plan.build(parallel, repeat)
+            plan.builds(parallel, repeat)
             plan.tier_runs(parallel, repeat)
             plan.first_batch(parallel, repeat)
     if options.extra_second_runs:
         plan.second_runs()
     ddp = {tier: plan.ddp(tier) for tier in ("memory", "disk")} if options.ddp else {}
-    references = next(r["result"]["references"] for r in plan.runs if r["kind"] == "build")
+    references = next(r["result"]["references"] for r in plan.runs if "references" in r["result"])
     if not options.keep_caches:
         shutil.rmtree(work, ignore_errors=True)
     return {"runs": plan.runs, "ddp": ddp, "references": references}

@@ -2,7 +2,10 @@
 
 Figures are medians over the repeats (`benchmarks.harness.median`); ratios are taken
 against the memory tier of the same run, at every ``parallel`` setting, and the worst
-``parallel`` counts for each design target.
+``parallel`` counts for each design target (`benchmarks.tiers_targets`). The two disk rows
+are also compared with each
+other (narrow against float32 storage: warm, cold, build, bytes on disk), and every tier's
+served samples with tier ``none``'s (digests).
 """
 
 from __future__ import annotations
@@ -13,16 +16,26 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.harness import available_cpus, median, meets, ratio
-from benchmarks.tiers_plan import TIERS
+from benchmarks.harness import available_cpus, median, ratio
+from benchmarks.tiers_plan import DISK_TIERS, TIERS
+from benchmarks.tiers_targets import targets
 
 if TYPE_CHECKING:
     from benchmarks.synthetic import SyntheticDataset
     from benchmarks.tiers_plan import Options
 
 MB = 1 << 20
-FLAT_FIRST_BATCH = 1.5
-"""Time to first batch counts as flat when 4N takes at most this many times N's."""
+RATIO_KEYS = ("build_s", "warm_samples_per_s", "first_batch_s", "pss_mb")
+"""Figures every tier is compared on with the memory tier."""
+NARROW_KEYS = (
+    "build_s",
+    "warm_samples_per_s",
+    "first_epoch_samples_per_s",
+    "cold_samples_per_s",
+    "first_batch_s",
+    "cache_bytes",
+)
+"""Figures the narrow disk tier is compared on with the float32 one."""
 
 
 def tier_figures(options: Options, runs: list[dict[str, Any]], tier: str, parallel: int) -> Any:
@@ -54,26 +67,57 @@ def tier_figures(options: Options, runs: list[dict[str, Any]], tier: str, parall
         "samples_build": build,
         "samples_warm": warm,
     }
-    if tier == "disk":
+    if tier in DISK_TIERS:
         figures["cache_bytes"] = builds[0]["cache_bytes"] if builds else None
+        figures["storage"] = builds[0].get("storage") if builds else None
+        figures.update(cold_figures(builds))
+    if tier == "disk":
         figures[f"first_batch_{options.scale}N_s"] = median(
             [r["first_batch_s"] for r in mine if r.get("items") == options.scale * n]
         )
     return figures
 
 
+def cold_figures(builds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the cold epochs of a disk tier's builds, and of the cold read bandwidth.
+
+    ``cold_resident_after_drop`` is the worst fraction of shard pages still cached after a
+    drop: 0 means every cold epoch started from the disk.
+    """
+    colds = [r["cold"] for r in builds if "cold" in r]
+    epochs = [epoch for cold in colds for epoch in cold["epochs"]]
+    return {
+        "cold_samples_per_s": median([e["samples_per_s"] for e in epochs]),
+        "cold_after_first_batch_samples_per_s": median(
+            [e["after_first_batch_samples_per_s"] for e in epochs]
+        ),
+        "cold_first_batch_s": median([e["first_batch_s"] for e in epochs]),
+        "cold_major_faults": median([e.get("major_faults") for e in epochs]),
+        "cold_read_mb_s": median([cold["read"]["mb_s"] for cold in colds]),
+        "cold_resident_after_drop": max(
+            [e["resident_after"] for e in epochs]
+            + [cold["read"]["resident_after_drop"] for cold in colds],
+            default=None,
+        ),
+        "samples_cold": [e["samples_per_s"] for e in epochs],
+    }
+
+
 def decode_counts(runs: list[dict[str, Any]], tier: str) -> tuple[int | None, int | None]:
     """Decodes of the tier's first run and of the next fresh process (its second run)."""
-    if tier == "disk":
-        builds = [r["result"] for r in runs if r["kind"] == "build"]
-        warm = [r["result"] for r in runs if r["kind"] == "run" and r["tier"] == "disk"]
+    if tier in DISK_TIERS:
+        builds = [r["result"] for r in runs if r["kind"] == "build" and r["tier"] == tier]
+        warm = [r["result"] for r in runs if r["kind"] == "run" and r["tier"] == tier]
         return builds[0]["decodes_prepare"], warm[0]["decodes_first_epoch"]
     served = [r["result"] for r in runs if r["tier"] == tier and r["kind"] in {"run", "second_run"}]
     counts = [r["decodes_first_epoch"] for r in served]
     return counts[0], counts[1] if len(counts) > 1 else None
 
 
-def ddp_figures(ranks: list[dict[str, Any]], data_bytes: int) -> dict[str, Any]:
+def ddp_figures(
+    ranks: list[dict[str, Any]], data_bytes: int, cache_bytes: int | None
+) -> dict[str, Any]:
+    """Sums over the ranks; ``cache_copies``: shard maps PSS over the cache's bytes on disk."""
     pss = sum(rank["memory"]["pss_mb"] for rank in ranks)
     baseline = sum(rank["baseline"]["pss_mb"] for rank in ranks)
     cache_pss = sum(rank["memory"].get("cache_pss_mb", 0.0) for rank in ranks)
@@ -85,7 +129,7 @@ def ddp_figures(ranks: list[dict[str, Any]], data_bytes: int) -> dict[str, Any]:
         "baseline_pss_sum_mb": baseline,
         "cache_pss_sum_mb": cache_pss,
         "data_copies": (pss - baseline) * MB / data_bytes,
-        "cache_copies": cache_pss * MB / data_bytes,
+        "cache_copies": cache_pss * MB / cache_bytes if cache_bytes else None,
         "decodes_total": ranks[0]["decodes_total"],
         "seconds": max(rank["epoch_s"] for rank in ranks),
     }
@@ -134,12 +178,12 @@ def by_parallel(options: Options, runs: list[dict[str, Any]], data_bytes: int) -
             )
         memory = tiers["memory"]
         ratios = {
-            tier: {
-                key: ratio(tiers[tier][key], memory[key])
-                for key in ("build_s", "warm_samples_per_s", "first_batch_s", "pss_mb")
-            }
-            for tier in ("none", "disk")
+            tier: {key: ratio(tiers[tier][key], memory[key]) for key in RATIO_KEYS}
+            for tier in TIERS
+            if tier != "memory"
         }
+        narrow, wide = tiers["disk"], tiers["disk-float32"]
+        narrow_ratios = {key: ratio(narrow[key], wide[key]) for key in NARROW_KEYS}
         disk = tiers["disk"]
         big = f"{options.scale}N"
         first_batch = {"N": disk["first_batch_s"], big: disk[f"first_batch_{big}_s"]}
@@ -148,6 +192,7 @@ def by_parallel(options: Options, runs: list[dict[str, Any]], data_bytes: int) -
             "num_workers": max(parallel, 0),
             "tiers": tiers,
             "ratios": ratios,
+            "narrow_vs_float32": narrow_ratios,
             "first_batch": first_batch,
         }
     return blocks
@@ -168,8 +213,30 @@ def summary_tiers(runs: list[dict[str, Any]], head: dict[str, Any]) -> dict[str,
             "rss_mb": figures["rss_mb"],
             "pss_mb": figures["pss_mb"],
             "cache_bytes": figures.get("cache_bytes") or 0,
+            "cold_samples_per_s": figures.get("cold_samples_per_s"),
+            "cold_read_mb_s": figures.get("cold_read_mb_s"),
         }
     return result
+
+
+def served_identical(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each tier's digest of its served samples (per ``parallel``), against tier ``none``'s."""
+    digests: dict[str, dict[str, str]] = {}
+    for run in runs:
+        if "digest" in run["result"]:
+            digests.setdefault(run["tier"], {})[str(run["parallel"])] = run["result"]["digest"]
+    reference = next(iter(digests.get("none", {}).values()), None)
+    differing = sorted(
+        tier
+        for tier, values in digests.items()
+        if reference is None or any(value != reference for value in values.values())
+    )
+    return {
+        "reference": reference,
+        "digests": digests,
+        "differing": differing,
+        "identical": bool(digests) and reference is not None and not differing,
+    }
 
 
 def summarise(
@@ -184,6 +251,8 @@ def summarise(
     summary = {
         "tiers": summary_tiers(runs, head),
         "ratios": head["ratios"],
+        "narrow_vs_float32": head["narrow_vs_float32"],
+        "served_identical": served_identical(runs),
         "machine": {**machine_info(), **extra["machine"]},
         "params": {
             "command": extra["command"],
@@ -198,6 +267,7 @@ def summarise(
             "batch_size": options.batch_size,
             "warm_epochs": options.warm_epochs,
             "scale": options.scale,
+            "cold_epochs": options.cold_epochs,
             "threads": options.threads,
             "sample_bytes": sample_bytes,
             "decoded_bytes": data_bytes,
@@ -205,57 +275,12 @@ def summarise(
             "wall_s": extra["wall_s"],
         },
         "by_parallel": blocks,
-        "ddp": {tier: ddp_figures(ranks, data_bytes) for tier, ranks in raw["ddp"].items()},
+        "ddp": {
+            tier: ddp_figures(ranks, data_bytes, head["tiers"][tier].get("cache_bytes"))
+            for tier, ranks in raw["ddp"].items()
+        },
         "references": raw["references"],
         "runs": runs,
     }
     summary["targets"] = targets(summary)
     return summary
-
-
-def _worst(values: list[float | None], *, at_most: bool) -> float | None:
-    present = [value for value in values if value is not None]
-    if not present:
-        return None
-    return max(present) if at_most else min(present)
-
-
-def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The design's performance targets, each a pass/miss line (the worst ``parallel`` counts)."""
-    blocks = summary["by_parallel"].values()
-    lines = []
-
-    def line(name: str, value: float | None, limit: float, at_most: bool, unit: str) -> None:
-        lines.append(
-            {
-                "name": name,
-                "value": value,
-                "limit": limit,
-                "compare": "<=" if at_most else ">=",
-                "unit": unit,
-                "pass": meets(value, limit, at_most=at_most),
-            }
-        )
-
-    warm = [p["ratios"]["disk"]["warm_samples_per_s"] for p in blocks]
-    line("disk warm throughput vs memory", _worst(warm, at_most=False), 0.9, False, "x")
-    build = [p["ratios"]["disk"]["build_s"] for p in blocks]
-    line("disk build time vs memory load", _worst(build, at_most=True), 1.1, True, "x")
-    scale = summary["params"]["scale"]
-    flat = _worst([p["first_batch"]["ratio"] for p in blocks], at_most=True)
-    line(f"time to first batch, {scale}N vs N (flat)", flat, FLAT_FIRST_BATCH, True, "x")
-    if "disk" in summary["ddp"]:
-        # The PSS of the shard mappings summed over ranks: the page-cache pages the job
-        # holds, without each rank's own allocations (shown in the DDP table).
-        copies = summary["ddp"]["disk"]["cache_copies"]
-        name = "DDP 2 ranks, disk tier shard pages resident (sum of PSS)"
-        line(name, copies, 1.1, True, "copies")
-        decodes = summary["ddp"]["disk"]["decodes_total"]
-        items = summary["params"]["items"]
-        line("DDP 2 ranks, disk tier decodes per item", decodes / items, 1.0, True, "per item")
-    references = summary["references"]
-    bandwidth = ratio(references["page_cache_read_gb_s"], references["memcpy_gb_s"])
-    line("page-cache read bandwidth vs memcpy", bandwidth, 0.5, False, "x")
-    overhead = references["getitem_us"] - references["bare_view_us"]
-    line("disk __getitem__ overhead over a bare mmap view", overhead, 5.0, True, "us")
-    return lines

@@ -17,7 +17,10 @@ import torch
 from shardcache.loaders import ImageFileLoader, read_json_split
 
 REPO = Path(__file__).resolve().parents[1]
-TIERS = ("none", "memory", "disk")
+TIERS = ("none", "memory", "disk", "disk-float32")
+DISK_TIERS = ("disk", "disk-float32")
+LABELS = {"none": "`none`", "memory": "`memory`", "disk": "`disk` (narrow)"}
+LABELS["disk-float32"] = "`disk` (float32)"
 TIER_KEYS = {
     "build_s",
     "warm_samples_per_s",
@@ -27,6 +30,8 @@ TIER_KEYS = {
     "rss_mb",
     "pss_mb",
     "cache_bytes",
+    "cold_samples_per_s",
+    "cold_read_mb_s",
 }
 ITEMS = 24
 SIZE = 32
@@ -120,11 +125,26 @@ def tiny_run(tmp_path_factory) -> tuple[dict[str, Any], Path, str]:
 @pytest.mark.slow
 def test_summary_has_the_documented_shape(tiny_run):
     summary, _, _ = tiny_run
-    assert {"tiers", "ratios", "machine", "params"} <= summary.keys()
+    assert {
+        "tiers",
+        "ratios",
+        "narrow_vs_float32",
+        "served_identical",
+        "machine",
+        "params",
+    } <= summary.keys()
     assert set(summary["tiers"]) == set(TIERS)
     for tier in TIERS:
         assert set(summary["tiers"][tier]) == TIER_KEYS, tier
-    assert set(summary["ratios"]) == {"none", "disk"}
+    assert set(summary["ratios"]) == {"none", "disk", "disk-float32"}
+    assert set(summary["narrow_vs_float32"]) == {
+        "build_s",
+        "warm_samples_per_s",
+        "first_epoch_samples_per_s",
+        "cold_samples_per_s",
+        "first_batch_s",
+        "cache_bytes",
+    }
     assert summary["params"]["items"] == ITEMS
     assert summary["machine"]["cpus"] >= 1
 
@@ -136,7 +156,12 @@ def test_decode_counts_show_what_each_tier_keeps(tiny_run):
         tier: (figures["decodes_first_run"], figures["decodes_second_run"])
         for tier, figures in summary["tiers"].items()
     }
-    assert counts == {"none": (ITEMS, ITEMS), "memory": (ITEMS, ITEMS), "disk": (ITEMS, 0)}
+    assert counts == {
+        "none": (ITEMS, ITEMS),
+        "memory": (ITEMS, ITEMS),
+        "disk": (ITEMS, 0),
+        "disk-float32": (ITEMS, 0),
+    }
     decodes = {tier: ddp["decodes_total"] for tier, ddp in summary["ddp"].items()}
     assert decodes == {"memory": 2 * ITEMS, "disk": ITEMS}  # a copy per rank vs once per job
 
@@ -154,7 +179,19 @@ def test_figures_are_sane(tiny_run):
         assert figures["pss_mb"] <= figures["rss_mb"] * 1.01, tier
     assert summary["tiers"]["none"]["cache_bytes"] == 0
     assert summary["tiers"]["memory"]["cache_bytes"] == 0
-    assert summary["tiers"]["disk"]["cache_bytes"] > ITEMS * sample_bytes
+    float32_bytes = summary["tiers"]["disk-float32"]["cache_bytes"]
+    assert float32_bytes > ITEMS * sample_bytes
+    # 8-bit PNGs loaded as float32 / 255: stored as uint8 (plus the same headers).
+    assert summary["tiers"]["disk"]["cache_bytes"] < float32_bytes / 2
+    block = summary["by_parallel"]["-1"]
+    assert block["tiers"]["disk"]["storage"]["narrow_tensors"] == ITEMS
+    assert block["tiers"]["disk-float32"]["storage"]["narrow_tensors"] == 0
+    for tier in DISK_TIERS:
+        figures = block["tiers"][tier]
+        assert figures["cold_samples_per_s"] > 0, tier
+        assert figures["cold_read_mb_s"] > 0, tier
+        assert figures["cold_resident_after_drop"] < 0.5, tier  # the drop evicted the pages
+    assert summary["served_identical"]["identical"], summary["served_identical"]
     for ratios in summary["ratios"].values():
         assert all(value > 0 for value in ratios.values())
     scale = summary["params"]["scale"]
@@ -167,9 +204,10 @@ def test_report_plot_and_table_are_written(tiny_run):
     _, results, stdout = tiny_run
     report = (results / "report.md").read_text()
     assert "## Targets" in report
-    assert all(f"| `{tier}` |" in report for tier in TIERS)
+    assert all(f"| {label} |" in report for label in LABELS.values())
+    assert "## Narrow against float32 storage" in report
     assert (results / "tiers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| `disk` |" in stdout
+    assert "| `disk` (float32) |" in stdout
 
 
 # ---- the cooperative build benchmark, end to end -------------------------------------------

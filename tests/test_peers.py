@@ -144,3 +144,65 @@ def test_report_shows_failed_and_missing_peers(peers_report: ModuleType) -> None
     assert "| Ghost | - | not installed |" in text
     assert "| LitData | 0.2.76 | 2,000 | timed out | 3,000 |" in text
     assert "- Ghost: module 'ghost' not found" in text
+
+
+# ---- the stage profile (benchmarks.stages) ---------------------------------------------------
+
+
+def test_stage_clock_keeps_exclusive_time() -> None:
+    stages = _module("benchmarks.stages")
+    clock = stages.StageClock()
+
+    def inner() -> None:
+        time.sleep(0.02)
+
+    timed_inner = clock.timed("copy", inner)
+
+    def outer() -> None:
+        time.sleep(0.01)
+        timed_inner()
+
+    clock.timed("collator", outer)()
+    assert clock.calls["copy"] == clock.calls["collator"] == 1
+    assert 0.02 <= clock.seconds["copy"] < 0.03 + 0.05
+    assert 0.01 <= clock.seconds["collator"] < 0.02 + 0.05  # without inner's 20 ms
+
+
+class _Noise:
+    """A raw loader of tiny float samples (random: stored as they are)."""
+
+    def sample(self, item: int) -> tuple[object, dict[str, int]]:
+        import torch
+
+        return torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(item)), {"i": item}
+
+    def label(self, item: int) -> int:
+        return item % 2
+
+
+def test_profile_times_every_stage_and_restores_the_functions(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from shardcache.serving.collate import BatchCollator
+    from shardcache.serving.served import ServedDataset
+    from shardcache.store import ensure_cache
+
+    stages = _module("benchmarks.stages")
+    originals = (BatchCollator.__dict__["__call__"], ServedDataset.__dict__["__getitems__"])
+    dataset = ensure_cache(tmp_path, "train", list(range(40)), _Noise())
+    loader = DataLoader(
+        ServedDataset(dataset), batch_size=8, shuffle=True, collate_fn=BatchCollator(0, False)
+    )
+    profile = stages.profile_loader(loader, rounds=3)
+    assert profile["batches"] == 5
+    assert set(profile["stages_s"]) == {stage for stage, _ in stages.STAGES}
+    for run in profile["runs"]:
+        assert run["served"] == 40
+        assert all(run["calls"][stage] > 0 for stage, _ in stages.STAGES), run["calls"]
+        assert all(seconds >= 0 for seconds in run["stages_s"].values())
+        assert run["unaccounted_s"] >= 0
+        assert run["accounted_s"] <= run["instrumented_epoch_s"]
+    assert profile["trivial_epoch_s"] > 0
+    restored = (BatchCollator.__dict__["__call__"], ServedDataset.__dict__["__getitems__"])
+    assert restored == originals
+    dataset.close()
