@@ -20,7 +20,8 @@ from shardcache.store import CacheDataset, CacheRoot, ensure_cache
 from shardcache.store.format import Manifest
 from shardcache.store.header import file_digest
 from shardcache.store.layout import LAST_USED_NAME
-from shardcache.store.locking import BuildLock, Lease, lease_held
+from shardcache.store.leases import Lease, lease_held
+from shardcache.store.locking import BuildLock
 from shardcache.tiers.none import RawDataset
 from support.loaders import TinyLoader
 from support.processes import DEADLINE, subprocess_env, wait_for

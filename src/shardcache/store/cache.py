@@ -12,6 +12,7 @@ from typing import Any
 from ..core.errors import CacheDirError, CorruptCacheError
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
 from ..core.types import RawDataLoader, Transform
+from .abandoned import end_abandoned_builds
 from .explain import explain_miss
 from .fs import WrongKindError
 from .inventory import is_ours
@@ -21,7 +22,6 @@ from .locking import BuildLock
 from .options import ShardOptions
 from .reader import CacheDataset
 from .removal import discard, empty_trash
-from .slices import end_abandoned_builds
 from .tagging import ensure_tagged
 from .tree import CacheTree
 from .trust import verify_first_use

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CorruptCacheError, LockTimeoutError, PeerFailedError
+from ..core.errors import CorruptCacheError, PeerFailedError
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
 from ..core.types import RawDataLoader, Transform
+from .abandoned import end_abandoned_builds
 from .cache import open_or_clear, prepare_tree
 from .format import ShardInfo
 from .fs import Directory
@@ -42,18 +43,11 @@ from .key import CacheKey, cache_key
 from .layout import SHARD_NAME, STAGING_DIR, TEMPORARY_PREFIX
 from .locking import BuildLock, describe_owner, owner_path, read_owner
 from .options import ShardOptions
-from .slices import (
-    PEER_TIMEOUT,
-    START_GRACE,
-    Poll,
-    SliceLock,
-    WaitLog,
-    Watch,
-    end_abandoned_builds,
-)
+from .slices import PEER_TIMEOUT, START_GRACE, SliceLock, Watch
 from .staging import StagedShard, make_staging, missing_indices, reusable_shards, staged_shard
 from .teams import Plan, Team
 from .tree import CacheTree
+from .waiting import Wait
 from .writer import decode_shards, publish_build
 
 logger = logging.getLogger(__name__)
@@ -179,12 +173,11 @@ class _Build:
         self, staging: Directory, plan: Plan, others: list[int]
     ) -> tuple[list[StagedShard], list[int]]:
         """The shards of the ``others`` once all are done (a dead member ends the build)."""
-        wait = WaitLog(self.lock_timeout)
-        poll = Poll()
+        wait = Wait(self.lock_timeout)
         pending = list(others)
         shards: list[StagedShard] = []
         chosen: list[int] = []
-        while pending:
+        while True:
             for part in list(pending):
                 done = self.files.read_done(part)
                 if done is None:
@@ -194,25 +187,12 @@ class _Build:
                 if done.shards:
                     chosen.append(done.shard_bytes)
             if not pending:
-                break
+                return shards, chosen
             self.watch.check(pending)
             waiting = ", ".join(self.watch.liveness.describe(part) for part in pending)
-            if wait.remaining() <= 0:
-                raise LockTimeoutError(
-                    f"gave up after {wait.timeout:.0f} s waiting for {waiting} to finish their "
-                    f"slices of {self.name}"
-                )
-            if wait.due():
-                logger.warning(
-                    "waiting for %s to finish their slices of %s (%d samples in all; giving up "
-                    "in %.0f s)",
-                    waiting,
-                    self.name,
-                    plan.to_decode,
-                    wait.remaining(),
-                )
-            poll.sleep()
-        return shards, chosen
+            wait.tick(
+                f"{waiting} to finish their slices of {self.name} ({plan.to_decode} samples in all)"
+            )
 
     def _staged(self, staging: Directory, plan: Plan, part: int, info: ShardInfo) -> StagedShard:
         """A member's shard, checked against its slice, its header read back."""
@@ -288,10 +268,17 @@ class _Build:
     def _wait_for_plan(self) -> Plan | None:
         """The coordinator's plan, or None when the cache is published meanwhile."""
         # The coordinator may itself wait up to lock_timeout for another job's build lock.
-        wait = WaitLog(self.lock_timeout + START_GRACE)
-        poll = Poll()
+        wait = Wait(self.lock_timeout + START_GRACE)
         coordinator = self.team.coordinator
         logger.info("%s waits for %s to plan %s", self.team.member, coordinator, self.name)
+
+        def waiting() -> str:
+            holder = read_owner(owner_path(self.tree.names.lock(self.key.digest)))
+            return (
+                f"{coordinator} to plan the build of {self.name}; its build lock is held by "
+                f"{describe_owner(holder)}"
+            )
+
         while True:
             if self.published():
                 return None
@@ -305,41 +292,13 @@ class _Build:
                     )
                 return plan
             self.watch.check([0], finished=self.published)
-            if wait.remaining() <= 0:
-                raise LockTimeoutError(
-                    f"gave up after {wait.timeout:.0f} s waiting for {coordinator} to plan the "
-                    f"build of {self.name}"
-                )
-            if wait.due():
-                holder = read_owner(owner_path(self.tree.names.lock(self.key.digest)))
-                logger.warning(
-                    "waiting for %s to plan the build of %s; its build lock is held by %s "
-                    "(giving up in %.0f s)",
-                    coordinator,
-                    self.name,
-                    describe_owner(holder),
-                    wait.remaining(),
-                )
-            poll.sleep()
+            wait.tick(waiting)
 
     def _wait_for_publication(self) -> None:
-        wait = WaitLog(self.lock_timeout + START_GRACE)
-        poll = Poll()
+        wait = Wait(self.lock_timeout + START_GRACE)
         while not self.published():
             self.watch.check([0], finished=self.published)
-            if wait.remaining() <= 0:
-                raise LockTimeoutError(
-                    f"gave up after {wait.timeout:.0f} s waiting for {self.team.coordinator} to "
-                    f"publish {self.name}"
-                )
-            if wait.due():
-                logger.warning(
-                    "waiting for %s to publish %s (giving up in %.0f s)",
-                    self.team.coordinator,
-                    self.name,
-                    wait.remaining(),
-                )
-            poll.sleep()
+            wait.tick(f"{self.team.coordinator} to publish {self.name}")
 
 
 def _remove_unlisted(staging: Directory, shards: list[StagedShard]) -> None:

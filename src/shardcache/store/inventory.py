@@ -42,7 +42,8 @@ from .layout import (
     CacheRoot,
     is_cache_file,
 )
-from .locking import build_in_progress, lease_held, read_owner
+from .leases import lease_held
+from .locking import build_in_progress, read_owner
 from .usage import directory_usage, last_used, timestamp
 from .verification import first_size_problem, without_path
 

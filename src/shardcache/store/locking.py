@@ -1,12 +1,8 @@
-"""Who may build, and who is reading: build locks, leases and probes, on one lock backend.
+"""Who may build: build locks and probes, on one lock backend (leases: `store.leases`).
 
 **Build lock** (`BuildLock`): one builder per key across processes, jobs and nodes, with a
 deadline. An owner file beside the lock says who holds it, since when and how far the build
 got, so that waiters can log it.
-
-**Lease** (`Lease`): a shared ``flock`` that every process holding a cache open keeps until
-``close()``; ``shardcache prune`` removes a cache only while it holds that lock
-exclusively (`exclusive_lease`), so it never deletes a cache a live process uses.
 
 **Backend**, chosen in one place (`backend`), from ``SHARDCACHE_LOCK``: ``fcntl`` (the
 kernel releases a dead holder's lock) or ``soft`` (lock files, for filesystems whose
@@ -15,7 +11,6 @@ kernel releases a dead holder's lock) or ``soft`` (lock files, for filesystems w
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -23,7 +18,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +29,7 @@ from ..core import settings
 from ..core.errors import CacheDirError, LockTimeoutError
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
 from .atomic import write_atomically
-from .fs import Directory, WrongKindError, read_regular
+from .fs import Directory, read_regular
 from .layout import TEMPORARY_PREFIX
 from .tree import CacheTree
 from .trust import group_name, user_name
@@ -47,10 +41,6 @@ WAIT_LOG_INTERVAL = 30.0
 
 PROGRESS_INTERVAL = 2.0
 """Least seconds between two progress updates of the owner file."""
-
-LEASE_WAIT = 5.0
-"""Seconds a new reader retries its shared lease while ``prune`` holds it for a removal."""
-
 
 # --- the backend -----------------------------------------------------------------------------
 
@@ -348,115 +338,3 @@ def build_in_progress(lock_path: Path) -> bool:
         # A read-only cache directory (nobody can be building there), or locks that are
         # not this user's to take.
         return False
-
-
-# --- leases ----------------------------------------------------------------------------------
-
-
-def _open_lease(path: Path, *, create: bool) -> int:
-    """A read-only descriptor of the lease file ``path`` (in ``<cache dir>/.locks``).
-
-    Never through a symlink, never blocking on a FIFO; ``.locks`` is not created.
-    """
-    with Directory.open_root(path.parent.parent) as root, root.subdir(path.parent.name) as locks:
-        flags = os.O_RDONLY | (os.O_CREAT if create else 0)
-        return locks.open_file(path.name, flags, 0o666)
-
-
-class Lease:
-    """A shared lock saying "a live process has this cache open"; see the module docstring.
-
-    ``flock``, not ``fcntl``/``lockf`` record locks: a record lock is dropped when the
-    process closes *any* descriptor of the file (so one ``shardcache list`` probe in the
-    same process would end it), while an flock belongs to the open file description.
-    Release only ever closes the descriptor, never ``LOCK_UN``: a forked DataLoader worker
-    shares the description, and an unlock there would end the parent's lease too; a close
-    ends the lock only when the last process holding the description lets go.
-    """
-
-    def __init__(self, fd: int, path: Path) -> None:
-        self._fd: int | None = fd
-        self.path = path
-
-    @classmethod
-    def take(cls, path: Path) -> Lease | None:
-        """The lease at ``path``, or None where one cannot be had (best effort).
-
-        None on a read-only cache directory, where ``.locks/`` is missing (a cache copied
-        out of a cache directory: no stray directory is created beside it), and with soft
-        locks (set for filesystems whose locks are unreliable). Reading such a cache still
-        works; only ``prune`` cannot see that it is in use.
-        """
-        if not backend().leases:
-            return None
-        try:
-            # Read-only access suffices for flock, so users sharing a cache dir can lease.
-            fd = _open_lease(path, create=True)
-        except WrongKindError as error:
-            logger.warning("no lease on %s: %s", path, error)
-            return None
-        except OSError as error:
-            logger.debug("no lease on %s: %s", path, error)
-            return None
-        deadline = time.monotonic() + LEASE_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return cls(fd, path)
-            except OSError as error:
-                # Contention means a prune is removing a cache right now: a rename, soon over.
-                if error.errno not in {errno.EAGAIN, errno.EACCES} or time.monotonic() > deadline:
-                    logger.debug("no lease on %s: %s", path, error)
-                    os.close(fd)
-                    return None
-            time.sleep(0.01)
-
-    def release(self) -> None:
-        """Let go of the lease (closes the descriptor; idempotent)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def __del__(self) -> None:
-        self.release()
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a Lease holds a file descriptor and cannot be pickled")
-
-
-@contextlib.contextmanager
-def exclusive_lease(path: Path | None) -> Iterator[bool]:
-    """Hold the lease at ``path`` exclusively; yields False when a process holds it.
-
-    While held, no process can open the cache (new readers wait up to `LEASE_WAIT`).
-    ``None`` (no key known) and soft locks hold nothing and yield True.
-    """
-    if path is None or not backend().leases:
-        yield True
-        return
-    try:
-        fd = _open_lease(path, create=False)
-    except FileNotFoundError:
-        yield True  # never opened since the lease file was last removed: nobody holds it
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in {errno.EAGAIN, errno.EACCES}:
-                raise
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-def lease_held(path: Path | None) -> bool | None:
-    """Whether a live process holds the lease at ``path`` (None when it cannot be told)."""
-    try:
-        with exclusive_lease(path) as free:
-            return not free
-    except OSError:
-        return None

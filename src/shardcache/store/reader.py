@@ -39,7 +39,7 @@ from .format import Manifest, ShardInfo
 from .fs import Directory
 from .header import ShardHeader, TensorEntry, read_header, size_problem
 from .layout import MANIFEST_NAME, CacheRoot
-from .locking import Lease
+from .leases import Lease
 from .usage import touch_last_used
 
 

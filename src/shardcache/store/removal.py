@@ -18,7 +18,8 @@ from ..core.errors import LockTimeoutError
 from .fs import Directory
 from .inventory import is_ours
 from .layout import STAGING_DIR, CacheRoot
-from .locking import BuildLock, describe_owner, exclusive_lease, owner_path, read_owner
+from .leases import exclusive_lease
+from .locking import BuildLock, describe_owner, owner_path, read_owner
 from .tagging import is_tagged
 from .tree import CacheTree
 

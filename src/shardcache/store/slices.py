@@ -1,9 +1,10 @@
-"""How the members of a cooperative build see each other: slice locks, liveness, deadlines.
+"""How the members of a cooperative build see each other: slice locks, liveness, failures.
 
 When several ranks of one job miss the same cache, each decodes a slice of it
 (`store.cooperative`). They meet through files in ``.locks`` (`jobfiles`), never through
 a collective: a collective times out (30 minutes by default) before a long build ends,
-while here every wait has the caller's own deadline and says in the log whom it waits for.
+while here every wait has the caller's own deadline and says in the log whom it waits for
+(`waiting.Wait`).
 
 - `SliceLock`: each member holds its slice lock for as long as it takes part; "alive"
   means "holds it". Its owner file says who and how far, and beats every `BEAT_INTERVAL`.
@@ -32,11 +33,9 @@ from typing import Any
 import filelock
 
 from ..core.errors import LockTimeoutError, PeerFailedError
-from .fs import Directory
-from .jobfiles import FAILED, PLAN, JobFiles, job_names
+from .jobfiles import FAILED, JobFiles
 from .locking import (
     PROGRESS_INTERVAL,
-    WAIT_LOG_INTERVAL,
     backend,
     describe_owner,
     pid_alive,
@@ -57,9 +56,6 @@ START_GRACE = 60.0
 
 CHECK_INTERVAL = 1.0
 """Least seconds between two liveness checks of the other members."""
-
-MAX_POLL = 0.5
-"""Longest sleep between two looks at a file someone else writes."""
 
 
 def _slice(part: int) -> str:
@@ -311,95 +307,3 @@ class Watch:
             f"written stay in {self.staging}; the next run resumes from them",
             rank=rank if isinstance(rank, int) else None,
         )
-
-
-class Poll:
-    """Sleeps between looks at a file: short at first, then up to `MAX_POLL`."""
-
-    def __init__(self) -> None:
-        self._sleep = 0.01
-
-    def sleep(self) -> None:
-        """Sleep, a little longer each time."""
-        time.sleep(self._sleep)
-        self._sleep = min(MAX_POLL, self._sleep * 1.5)
-
-
-class WaitLog:
-    """A waiter's deadline, and its log line every `WAIT_LOG_INTERVAL` seconds."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
-        self._next_log = time.monotonic() + WAIT_LOG_INTERVAL
-
-    def remaining(self) -> float:
-        """Seconds left."""
-        return self.deadline - time.monotonic()
-
-    def due(self) -> bool:
-        """Whether a log line is due now (every `WAIT_LOG_INTERVAL` seconds)."""
-        now = time.monotonic()
-        if now < self._next_log:
-            return False
-        self._next_log = now + WAIT_LOG_INTERVAL
-        return True
-
-
-# ---- builds that nobody finishes ------------------------------------------------------------
-
-
-def _parts(names: Iterable[str]) -> list[int]:
-    """The slices that a job's file names mention (``<key>.<job>.<s>.slice``...)."""
-    parts = set()
-    for name in names:
-        fields = name.split(".")
-        if len(fields) >= 4 and fields[2].isdigit() and name.endswith((".slice", ".owner.json")):
-            parts.add(int(fields[2]))
-    return sorted(parts)
-
-
-def end_abandoned_builds(
-    locks: Directory, key: str, *, keep: str | None, timeout: float, name: str
-) -> None:
-    """End other jobs' cooperative builds of ``key`` that nobody will finish; remove their files.
-
-    The caller holds ``key``'s build lock, so a job that wrote a plan and no longer holds
-    that lock has lost its coordinator: its members may still be writing shards into the
-    staging directory, and the caller's resume scan must not run under them. Each such job
-    gets its failure marker (its members stop at their next check) and is waited for. A
-    job without a plan whose members are alive is left alone: its coordinator waits for
-    this very lock.
-    """
-    for job, names in job_names(locks, key).items():
-        if job == keep:
-            continue
-        files = JobFiles(locks, key, job)
-        parts = _parts(names)
-        liveness = Liveness(files, PEER_TIMEOUT)
-        planned = files.name(PLAN) in names
-        if not planned and any(liveness.state(part) == ALIVE for part in parts):
-            continue
-        if planned:
-            reason = "its coordinator stopped; a later build of the same cache ended it"
-            with contextlib.suppress(OSError):  # FileExistsError: it has one already
-                files.create(FAILED, json.dumps({"reason": reason}).encode())
-        wait = WaitLog(timeout)
-        poll = Poll()
-        while alive := [part for part in parts if liveness.state(part) == ALIVE]:
-            described = ", ".join(liveness.describe(part) for part in alive)
-            if wait.remaining() <= 0:
-                raise LockTimeoutError(
-                    f"gave up after {timeout:.0f} s waiting for the members of an abandoned "
-                    f"build of {name} to stop writing: {described}"
-                )
-            if wait.due():
-                logger.warning(
-                    "waiting for %s, members of an abandoned build of %s, to stop (giving up in "
-                    "%.0f s)",
-                    described,
-                    name,
-                    wait.remaining(),
-                )
-            poll.sleep()
-        files.remove_all()

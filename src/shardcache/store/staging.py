@@ -113,7 +113,7 @@ def reusable_shards(staging: Directory, num_items: int) -> list[StagedShard]:
     """Complete, checksum-verified shards of an interrupted build; others are deleted.
 
     The caller holds the build lock, and no member of a cooperative build writes here any
-    more (`slices.end_abandoned_builds`; its own job's members start after its plan): every
+    more (`abandoned.end_abandoned_builds`; its own job's members start after its plan): every
     process that writes into a staging directory holds its build lock or a slice lock of
     it, so a temporary file here is a dead writer's.
     """
