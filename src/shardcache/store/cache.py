@@ -181,6 +181,35 @@ def _build_under_lock(
     return _open_checked(tree, path, key)
 
 
+def _open_published(
+    path: Path, subset: str, key: CacheKey, items: Sequence[Any]
+) -> tuple[CacheDataset | None, CorruptCacheError | None]:
+    """The published cache, opened without the lock and without creating anything.
+
+    Returns ``(dataset, None)`` on a hit, ``(None, None)`` on a miss (explained in the log),
+    and ``(None, damage)`` when the cache is damaged and must be rebuilt.
+    """
+    try:
+        tree = CacheTree.open(path)
+    except (FileNotFoundError, WrongKindError):  # made, or refused with the reason, later
+        _explain(CacheRoot(path), subset, key, items)
+        return None, None
+    with tree:
+        found = tree.names.find(key.digest)
+        try:
+            opened = None if found is None else _open_checked(tree, found, key)
+        except CorruptCacheError as error:
+            name = tree.names.cache_name(subset, key.digest)
+            logger.warning("cache %s is damaged and will be rebuilt: %s", name, error)
+            return None, error
+        if opened is None:
+            _explain(tree.names, subset, key, items)
+            return None, None
+        if os.access(tree.path, os.W_OK):  # tag what older versions built
+            ensure_tagged(tree.root, quiet=True)
+        return _verified(tree, opened), None
+
+
 def ensure_cache(
     cache_dir: str | os.PathLike[str],
     subset: str,
@@ -220,28 +249,9 @@ def ensure_cache(
     path = Path(cache_dir).absolute()  # a str too: scripts without Lightning pass one
     if key is None:
         key = cache_key(subset, items, loader, transforms)
-    damage: CorruptCacheError | None = None
-    try:
-        tree: CacheTree | None = CacheTree.open(path)
-    except (FileNotFoundError, WrongKindError):  # made, or refused with the reason, below
-        tree = None
-        _explain(CacheRoot(path), subset, key, items)
-    if tree is not None:
-        # A published cache is opened without the lock, nor anything created.
-        with tree:
-            found = tree.names.find(key.digest)
-            try:
-                opened = None if found is None else _open_checked(tree, found, key)
-            except CorruptCacheError as error:
-                damage = error
-                name = tree.names.cache_name(subset, key.digest)
-                logger.warning("cache %s is damaged and will be rebuilt: %s", name, error)
-            else:
-                if opened is not None:
-                    if os.access(tree.path, os.W_OK):  # tag what older versions built
-                        ensure_tagged(tree.root, quiet=True)
-                    return _verified(tree, opened)
-                _explain(tree.names, subset, key, items)
+    opened, damage = _open_published(path, subset, key, items)
+    if opened is not None:
+        return opened
     # Another process may have built it while we waited for the lock: checked under it.
     with prepare_tree(path, damage) as tree:
         return _build_under_lock(
