@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from shardcache.store import ensure_cache
-from shardcache.store.cooperative import Share, build_together
+from shardcache.store.cooperative import build_together
 from shardcache.store.key import cache_key
 from shardcache.store.layout import SHARD_NAME, CacheRoot
 from shardcache.store.locking import BuildLock
+from shardcache.store.slicebuild import Share
 from shardcache.store.teams import Member, Team
 
 from .crash import install_crash_hook, install_pause_hook

@@ -43,7 +43,8 @@ from .layout import (
     is_cache_file,
 )
 from .leases import lease_held
-from .locking import build_in_progress, read_owner
+from .locking import build_in_progress
+from .owners import read_owner
 from .usage import directory_usage, last_used, timestamp
 from .verification import first_size_problem, without_path
 

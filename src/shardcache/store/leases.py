@@ -2,7 +2,7 @@
 
 A lease (`Lease`) is a shared ``flock`` that every process holding a cache open keeps until
 ``close()``; ``shardcache prune`` removes a cache only while it holds that lock exclusively
-(`exclusive_lease`). Soft locks (`locking.backend`) have no leases.
+(`exclusive_lease`). Soft locks (`lockbackends.backend`) have no leases.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .fs import Directory, WrongKindError
-from .locking import backend
+from .lockbackends import backend
 
 logger = logging.getLogger(__name__)
 

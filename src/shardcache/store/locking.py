@@ -1,18 +1,12 @@
-"""Who may build: build locks and probes, on one lock backend (leases: `store.leases`).
+"""Who may build: one builder per key across processes, jobs and nodes, with a deadline.
 
-**Build lock** (`BuildLock`): one builder per key across processes, jobs and nodes, with a
-deadline. An owner file beside the lock says who holds it, since when and how far the build
-got, so that waiters can log it.
-
-**Backend**, chosen in one place (`backend`), from ``SHARDCACHE_LOCK``: ``fcntl`` (the
-kernel releases a dead holder's lock) or ``soft`` (lock files, for filesystems whose
-``fcntl`` locks hang; a waiter removes a lock whose owner died on this host; no leases).
+`BuildLock` takes the lock on the backend `lockbackends.backend` chooses; an owner file
+beside the lock (`owners`) says who holds it, since when and how far the build got, so
+that waiters can log it. Leases (who is reading) are `leases`.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -25,12 +19,13 @@ from typing import Any
 
 import filelock
 
-from ..core import settings
 from ..core.errors import CacheDirError, LockTimeoutError
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
 from .atomic import write_atomically
-from .fs import Directory, read_regular
+from .fs import Directory
 from .layout import TEMPORARY_PREFIX
+from .lockbackends import backend
+from .owners import describe_owner, owner_path, read_owner
 from .tree import CacheTree
 from .trust import group_name, user_name
 
@@ -41,127 +36,6 @@ WAIT_LOG_INTERVAL = 30.0
 
 PROGRESS_INTERVAL = 2.0
 """Least seconds between two progress updates of the owner file."""
-
-# --- the backend -----------------------------------------------------------------------------
-
-
-class _Backend:
-    """``fcntl`` locks: the kernel releases them when their holder dies; leases work."""
-
-    leases = True
-
-    def file_lock(self, path: Path, mode: int | None) -> filelock.BaseFileLock:
-        # Created by the caller, in the process that takes it: filelock 4 refuses a lock
-        # object that crossed a fork. ``mode``: exact permissions (a team's lock files are
-        # group-writable whatever the umask of the member who made them).
-        if mode is None:
-            return filelock.FileLock(str(path), thread_local=False)
-        return filelock.FileLock(str(path), thread_local=False, mode=mode)
-
-    def held(self, path: Path) -> bool | None:
-        """Whether a live process holds the lock at ``path`` (None: the backend cannot tell).
-
-        Opened without creating it: a lock file that is gone is not held. Opened for writing:
-        on NFS, Linux emulates ``flock`` with ``fcntl`` locks, which need it. A lock file that
-        cannot be opened (another user's, or a symlink) counts as held: its waiters wait.
-        """
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return False
-        except OSError as error:  # another user's, or a symlink or FIFO planted there
-            if error.errno in {errno.EACCES, errno.EPERM, errno.ELOOP}:
-                return True
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in {errno.EAGAIN, errno.EACCES}:
-                raise
-            return True
-        finally:
-            os.close(fd)  # also ends the probe's own lock, when it got one
-        return False
-
-    def break_stale(
-        self,
-        lock: filelock.BaseFileLock,  # noqa: ARG002 (the soft backend's signature)
-        path: Path,  # noqa: ARG002
-        owner: dict[str, Any] | None,  # noqa: ARG002
-    ) -> bool:
-        """Remove a lock whose holder died: never needed, the kernel releases fcntl locks."""
-        return False
-
-
-class _SoftBackend(_Backend):
-    """Lock files: they work on any filesystem, and a dead holder's must be broken."""
-
-    leases = False
-
-    def file_lock(self, path: Path, mode: int | None) -> filelock.BaseFileLock:
-        if mode is None:
-            return filelock.SoftFileLock(str(path), thread_local=False)
-        return filelock.SoftFileLock(str(path), thread_local=False, mode=mode)
-
-    def held(self, path: Path) -> bool | None:  # noqa: ARG002 (the fcntl backend's signature)
-        """Cannot be told from a lock file alone: its holder may have died (see `pid_alive`)."""
-        return None
-
-    def break_stale(
-        self, lock: filelock.BaseFileLock, path: Path, owner: dict[str, Any] | None
-    ) -> bool:
-        if owner is None:
-            return False
-        if getattr(lock, "pid", None) is not None:
-            # The lock file names its holder (filelock >= 3.22), and filelock breaks it when
-            # that holder died; our owner file may still name a dead earlier holder while a
-            # live one has just taken the lock, and must not break it.
-            return False
-        if owner.get("host") != socket.gethostname() or pid_alive(int(owner.get("pid", 0))):
-            return False
-        logger.warning("removing the stale lock of dead %s", describe_owner(owner))
-        path.unlink(missing_ok=True)
-        return True
-
-
-_BACKENDS: dict[settings.LockKind, _Backend] = {"fcntl": _Backend(), "soft": _SoftBackend()}
-
-
-def backend() -> _Backend:
-    """The lock backend ``SHARDCACHE_LOCK`` asks for (read at call time)."""
-    return _BACKENDS[settings.lock_kind()]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# --- build locks -----------------------------------------------------------------------------
-
-
-def owner_path(lock_path: Path) -> Path:
-    """The owner file that goes with a build lock file."""
-    return lock_path.with_suffix(".owner.json")
-
-
-MAX_OWNER_BYTES = 1 << 16
-"""An owner file is a few hundred bytes; anything larger is not one."""
-
-
-def read_owner(path: Path) -> dict[str, Any] | None:
-    """The owner record of a lock, or None when there is none or it is unreadable."""
-    try:
-        owner = json.loads(read_regular(path, MAX_OWNER_BYTES))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return owner if isinstance(owner, dict) else None
 
 
 def _locks_refused(locks: Path, error: OSError) -> CacheDirError:
@@ -180,16 +54,6 @@ def _locks_refused(locks: Path, error: OSError) -> CacheDirError:
         f"{locks.parent} make it a team directory: `shardcache share --group GROUP "
         f"--cache-dir {locks.parent}`"
     )
-
-
-def describe_owner(owner: dict[str, Any] | None) -> str:
-    """``pid 123 on host h since 12:00:00 (450/2000 samples)``, as far as it is known."""
-    if owner is None:
-        return "an unknown process"
-    text = f"pid {owner.get('pid')} on host {owner.get('host')} since {owner.get('since')}"
-    if owner.get("total"):
-        text += f" ({owner.get('done', 0)}/{owner['total']} samples)"
-    return text
 
 
 class BuildLock:

@@ -19,7 +19,8 @@ from .fs import Directory
 from .inventory import is_ours
 from .layout import STAGING_DIR, CacheRoot
 from .leases import exclusive_lease
-from .locking import BuildLock, describe_owner, owner_path, read_owner
+from .locking import BuildLock
+from .owners import describe_owner, owner_path, read_owner
 from .tagging import is_tagged
 from .tree import CacheTree
 

@@ -34,13 +34,9 @@ import filelock
 
 from ..core.errors import LockTimeoutError, PeerFailedError
 from .jobfiles import FAILED, JobFiles
-from .locking import (
-    PROGRESS_INTERVAL,
-    backend,
-    describe_owner,
-    pid_alive,
-    read_owner,
-)
+from .lockbackends import backend, pid_alive
+from .locking import PROGRESS_INTERVAL
+from .owners import describe_owner, read_owner
 from .teams import Team
 
 logger = logging.getLogger(__name__)
@@ -63,7 +59,7 @@ def _slice(part: int) -> str:
 
 
 def _slice_owner(part: int) -> str:
-    return f"{part}.owner.json"  # as `locking.owner_path` names a lock's owner file
+    return f"{part}.owner.json"  # as `owners.owner_path` names a lock's owner file
 
 
 class SliceLock:

@@ -10,11 +10,12 @@ from typing import Any
 from ..core import settings
 from ..core.types import RawDataLoader
 from ..store.cache import ensure_cache
-from ..store.cooperative import Share, build_together
+from ..store.cooperative import build_together
 from ..store.jobfiles import directory_identity
 from ..store.key import CacheKey, cache_key
 from ..store.layout import CacheRoot
 from ..store.reader import CacheDataset
+from ..store.slicebuild import Share
 from ..store.teams import new_job_id
 from . import distributed
 from .base import Subset, TierOptions
