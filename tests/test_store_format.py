@@ -210,3 +210,29 @@ def test_any_safetensors_reader_opens_a_shard(cache: CacheDataset) -> None:
 def test_the_cache_serves_what_the_loader_returned(cache: CacheDataset) -> None:
     assert dataset_differences(RawDataset("train", ITEMS, GoldenLoader()), cache) == []
     assert cache.labels() == [0, 1]
+
+
+def test_a_cache_of_format_1_is_never_served_and_its_miss_is_explained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache written by shardcache 0.1 (format 1: no shard options, no storage record,
+    format 1 in its key) stays where it is; the new build says the format is why it missed."""
+    ensure_cache(tmp_path, "train", ITEMS, GoldenLoader()).close()
+    (current,) = [path for path in tmp_path.iterdir() if path.name.startswith("train-")]
+    manifest = json.loads((current / "manifest.json").read_text())
+    for field in ("shard_options", "storage"):
+        del manifest[field]
+    manifest["format_version"] = manifest["key_inputs"]["format_version"] = 1
+    manifest["key"] = old_key = "0123456789abcdef" * 4
+    (current / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    old = current.rename(tmp_path / f"train-{old_key[:24]}")
+
+    with caplog.at_level("INFO", logger="shardcache"):
+        dataset = ensure_cache(tmp_path, "train", ITEMS, GoldenLoader())
+    try:
+        assert dataset.path.name == current.name  # rebuilt under the format-2 key
+        assert dataset.manifest.format_version == FORMAT_VERSION == 2
+    finally:
+        dataset.close()
+    assert f"nearest is {old.name}, which differs in format version 1 -> 2" in caplog.text
+    assert json.loads((old / "manifest.json").read_text())["format_version"] == 1

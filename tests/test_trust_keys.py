@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from _trust_helpers import (
+from shardcache import FingerprintError, SplitError
+from shardcache.store import cache_key, ensure_cache
+from support.trust import (
     KEY_IGNORES,
     AttributeLoader,
     DeclaredLogLoader,
@@ -29,8 +31,6 @@ from _trust_helpers import (
     outcome,
     tiny_sample_id,
 )
-from shardcache import FingerprintError, SplitError
-from shardcache.store import cache_key, ensure_cache
 
 # ---- finding 2: private attributes ---------------------------------------------------------
 
@@ -205,7 +205,7 @@ def test_a_changed_transform_is_named_when_a_cache_misses(
     ensure_cache(tmp_path, "train", [1], TinyLoader(width=4), transforms=[Scale(0.5)]).close()
     with caplog.at_level("INFO", logger="shardcache"):
         ensure_cache(tmp_path, "train", [1], TinyLoader(width=4), transforms=[Scale(0.25)]).close()
-    assert "transform [0] (_trust_helpers.Scale)" in caplog.text, caplog.text
+    assert "transform [0] (support.trust.Scale)" in caplog.text, caplog.text
 
 
 # ---- finding 4: decoding must not consume the caller's random state ------------------------

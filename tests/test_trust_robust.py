@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from _trust_helpers import (
+from shardcache import BadSamplesError, CorruptCacheError
+from shardcache.cli import main
+from shardcache.store import ensure_cache
+from support.trust import (
     FifoWatchdog,
     FlakyLoader,
     TinyLoader,
@@ -20,9 +23,6 @@ from _trust_helpers import (
     replace_with_fifo,
     tiny_sample_id,
 )
-from shardcache import BadSamplesError, CorruptCacheError
-from shardcache.cli import main
-from shardcache.store import ensure_cache
 
 GRACE = 2.0
 """Seconds an operation on a tiny cache may take before it counts as blocked."""

@@ -11,9 +11,9 @@ import struct
 import tracemalloc
 from pathlib import Path
 
-from _trust_helpers import BulkyMetadataLoader, outcome
 from shardcache import CorruptCacheError
 from shardcache.store import CacheDataset, ensure_cache
+from support.trust import BulkyMetadataLoader, outcome
 
 FIRST_READ_BUDGET = 8 << 20
 """Bytes Python may allocate to open a cache and serve its first sample.

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from _trust_helpers import TinyLoader, make_victim, outcome, tree
 from shardcache import CacheDirError
 from shardcache.cli import main
 from shardcache.store import cache_key, ensure_cache
+from support.trust import TinyLoader, make_victim, outcome, tree
 
 CACHEDIR_TAG_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 """The first line of a CACHEDIR.TAG (https://bford.info/cachedir/)."""

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-import _trust_helpers
-from _trust_helpers import CountedLoader, GoodLoader, PoisonLoader, TinyLoader, outcome, run_as
 from shardcache import CacheDirError
 from shardcache.cli import main
 from shardcache.store import ensure_cache
+from support import trust
+from support.trust import CountedLoader, GoodLoader, PoisonLoader, TinyLoader, outcome, run_as
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -169,12 +169,12 @@ SHARED = {"ok": True, "value": 0}
 
 
 def _use_counted(cache_dir: Path, items: list[int]) -> dict[str, Any]:
-    _trust_helpers.DECODES[0] = 0
+    trust.DECODES[0] = 0
     dataset = ensure_cache(cache_dir, "train", items, CountedLoader())
     try:
         shards = [p for p in dataset.path.iterdir() if p.name.startswith("shard-")]
         return {
-            "decodes": _trust_helpers.DECODES[0],
+            "decodes": trust.DECODES[0],
             "ids": [int(dataset[i][0][0]) // 1000 for i in range(len(dataset))],
             "writable_files": [p.name for p in shards if p.stat().st_mode & 0o222],
         }

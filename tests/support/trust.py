@@ -1,4 +1,4 @@
-"""Loaders and machinery for the issue-11 ("Trust") regression tests.
+"""Loaders and machinery of the trust regression tests (`test_trust_*.py`).
 
 Loader classes live in this importable module because the cache key hashes their class
 source. Everything here uses shardcache's public interface only.
