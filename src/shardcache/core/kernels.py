@@ -32,15 +32,6 @@ def native() -> Any | None:
     return _native if _native is not None and settings.native_enabled() else None
 
 
-def copy(destination: int, source: int, nbytes: int) -> None:
-    """Copy ``nbytes`` from address ``source`` to ``destination`` (one thread, GIL released)."""
-    loops = native()
-    if loops is not None:
-        loops.copy(destination, source, nbytes)
-    else:
-        ctypes.memmove(destination, source, nbytes)
-
-
 def _factor(widening: Widening) -> float:
     """What the C loop divides by, or multiplies with: the float32 numpy uses."""
     if widening.op == "div":
@@ -67,17 +58,48 @@ def exact(widening: Widening) -> bool:
     return torch.equal(out.view(torch.int32), widening.table().view(torch.int32))
 
 
+class Loops:
+    """The loops chosen once (``SHARDCACHE_NATIVE`` read once): take one per batch, not per row.
+
+    Args:
+        native: the C loops, or None for ``memmove`` and numpy.
+    """
+
+    def __init__(self, native: Any | None) -> None:
+        self.native = native
+
+    def copy(self, destination: int, source: int, nbytes: int) -> None:
+        """Copy ``nbytes`` from address ``source`` to ``destination`` (one thread, no GIL)."""
+        if self.native is not None:
+            self.native.copy(destination, source, nbytes)
+        else:
+            ctypes.memmove(destination, source, nbytes)
+
+    def widen(self, data: torch.Tensor, widening: Widening, out: torch.Tensor) -> None:
+        """Write the served values of the narrow ``data`` into ``out`` (contiguous, CPU)."""
+        if self.native is not None and exact(widening):
+            self.native.widen(
+                out.data_ptr(),
+                data.data_ptr(),
+                data.numel(),
+                data.element_size(),
+                widening.op == "div",
+                _factor(widening),
+            )
+        else:
+            widening.apply(data.numpy(), out.numpy())
+
+
+def loops() -> Loops:
+    """The loops to use now: C where built and allowed, else ``memmove`` and numpy."""
+    return Loops(native())
+
+
+def copy(destination: int, source: int, nbytes: int) -> None:
+    """`Loops.copy` with the loops chosen now."""
+    loops().copy(destination, source, nbytes)
+
+
 def widen(data: torch.Tensor, widening: Widening, out: torch.Tensor) -> None:
-    """Write the served values of the narrow ``data`` into ``out`` (contiguous, CPU)."""
-    loops = native()
-    if loops is not None and exact(widening):
-        loops.widen(
-            out.data_ptr(),
-            data.data_ptr(),
-            data.numel(),
-            data.element_size(),
-            widening.op == "div",
-            _factor(widening),
-        )
-    else:
-        widening.apply(data.numpy(), out.numpy())
+    """`Loops.widen` with the loops chosen now."""
+    loops().widen(data, widening, out)

@@ -85,12 +85,18 @@ def _table(widening: Widening) -> torch.Tensor:
     return torch.from_numpy(served)
 
 
-def widen_into(data: torch.Tensor, widening: Widening, out: torch.Tensor) -> None:
+def widen_into(
+    data: torch.Tensor,
+    widening: Widening,
+    out: torch.Tensor,
+    loops: kernels.Loops | None = None,
+) -> None:
     """Write the served values of the narrow ``data`` into ``out``, a float tensor of its shape.
 
     Both must be contiguous CPU tensors; ``out`` may be a view into a batch buffer.
+    ``loops``: the caller's choice of `kernels.Loops` (one per batch), else chosen now.
     """
-    kernels.widen(data, widening, out)
+    (loops or kernels.loops()).widen(data, widening, out)
 
 
 class Narrow:
