@@ -10,9 +10,9 @@ synthetic 8-bit PNGs of `benchmarks.synthetic`, read by a mednet ``RawDataLoader
 
 Each figure comes from fresh processes (`benchmarks.harness`), medians of ``--repeats``:
 time to the first training batch of a second run (the disk cache already built, mednet's
-cache rebuilt, as every run does), warm epoch samples/s through ``train_dataloader()``,
-decodes per run, and the decodes and proportional memory (PSS) of the two ranks of a gloo
-job's first run, holding the split at once. Results: ``<results>/mednet.json`` and ``mednet.md``.
+cache rebuilt, as every run does), warm samples/s through ``train_dataloader()`` (the
+median of 5 epochs per process), decodes per run, and the decodes and proportional memory
+(PSS) of the two ranks of a gloo job's first run, holding the split at once. Results: ``<results>/mednet.json`` and ``mednet.md``.
 """
 
 from __future__ import annotations
