@@ -26,6 +26,7 @@ from shardcache.store import CacheDataset, ensure_cache
 from shardcache.store.format import Manifest
 from shardcache.store.header import file_digest, read_header
 from shardcache.store.layout import MANIFEST_NAME, SHARD_NAME, shard_name
+from shardcache.store.verification import verify_cache
 from support.builds import (
     SHARD_BYTES,
     child_build,
@@ -46,7 +47,7 @@ from support.loaders import (
     sized_sample,
 )
 from support.processes import fork_child
-from support.samples import dataset_digest
+from support.samples import dataset_digest, sample_differences
 
 REFERENCE = reference_digest(make_items())
 
@@ -200,6 +201,31 @@ def test_a_damaged_shard_header_fails_the_first_read_naming_the_file(
     assert dataset[0][0].numel() > 0  # other shards serve: headers are parsed per shard
     with pytest.raises(CorruptCacheError, match=f"^{shard}: tensor .* malformed entry"):
         dataset[first_sample]  # the first read of that shard parses and checks its header
+    assert decode_count(decode_log, "open") == 0
+
+
+def test_a_damaged_sample_record_fails_that_samples_read_and_verify(
+    built: Path, decode_log: Path, cache_dir: Path
+) -> None:
+    """Records are checked on each sample's first read (so a first batch checks only what
+    it serves), and all at once by ``verify``."""
+    shard = _shard(built, 1)
+    start, stop = (int(field) for field in shard.name.split("-")[1:3])
+    assert stop - start >= 2
+    damaged = start + 1
+    data = shard.read_bytes()
+    record = f'img/{damaged:04d}.png\\"}}],[\\"mask\\",{{\\"tensor\\":1}}'.encode()
+    assert data.count(record) == 1
+    shard.write_bytes(data.replace(record, record.replace(b":1}", b":7}")))  # same size
+    dataset = _ensure(cache_dir, decode_log, "open")
+    assert sample_differences(reference_sample(make_items()[start]), dataset[start]) == []
+    with pytest.raises(CorruptCacheError, match=rf"^{shard}: sample {damaged} has a malformed"):
+        dataset[damaged]
+    dataset.close()
+    _, problems = verify_cache(dataset.path)
+    assert [(problem.file, problem.problem) for problem in problems] == [
+        (shard, f"sample {damaged} has a malformed record: tensor position 7 is out of range")
+    ]
     assert decode_count(decode_log, "open") == 0
 
 

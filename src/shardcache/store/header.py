@@ -15,9 +15,9 @@ import math
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import xxhash
 
@@ -67,13 +67,32 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class ShardHeader:
-    """A shard's parsed header: its tensors and per-sample records."""
+    """A shard's parsed header: its tensors and per-sample records.
+
+    ``unchecked``: the records not checked yet (`read_header` with ``check_records=False``);
+    `record` checks each on its first use.
+    """
 
     tensors: dict[str, TensorEntry]
     records: list[dict[str, Any]]
     start: int
     stop: int
     file_bytes: int
+    path: Path | None = None
+    unchecked: set[int] = field(default_factory=set)
+
+    def record(self, index: int) -> dict[str, Any]:
+        """Sample ``index``'s record, checked; `CorruptCacheError` names the file and the lie."""
+        record = self.records[index - self.start]
+        if index in self.unchecked:
+            problem = _record_problem(record, index, self.tensors)
+            if problem is not None:
+                raise CorruptCacheError(
+                    f"{self.path}: sample {index} has a malformed record: {problem}",
+                    path=self.path,
+                )
+            self.unchecked.discard(index)
+        return record
 
 
 @dataclass(frozen=True)
@@ -208,13 +227,23 @@ def _tensor_entries(path: Path, header: dict[str, Any], data_start: int) -> dict
     return tensors
 
 
-def _record_problem(record: object, index: int, tensors: dict[str, TensorEntry]) -> str | None:
-    """Why sample ``index``'s record cannot be served from ``tensors``, or None."""
+def _count_problem(record: object) -> str | None:
+    """Why ``record`` is not an object with a tensor count, or None."""
     if not isinstance(record, dict):
         return "not an object"
     count = record.get("tensors")
     if type(count) is not int or count < 0:
         return f"tensor count {count!r}"
+    return None
+
+
+def _record_problem(record: object, index: int, tensors: dict[str, TensorEntry]) -> str | None:
+    """Why sample ``index``'s record cannot be served from ``tensors``, or None."""
+    problem = _count_problem(record)
+    if problem is not None:
+        return problem
+    record = cast("dict[str, Any]", record)
+    count = record["tensors"]
     label = record.get("label")
     if label is not None and type(label) is not int:
         return f"label {label!r}"
@@ -239,6 +268,7 @@ def read_header(
     *,
     expected_bytes: int | None = None,
     opened: tuple[ReadAt, int] | None = None,
+    check_records: bool = True,
 ) -> ShardHeader:
     """Parse and check a shard's header; `CorruptCacheError` names the file and the lie.
 
@@ -247,6 +277,9 @@ def read_header(
         expected_bytes: the size the manifest promises.
         opened: ``(read_at, size)`` of a shard already mapped or opened, which reads it
             even after its file was unlinked.
+        check_records: check every sample's record now; False leaves each to its first
+            use (`ShardHeader.record`), so that a reader's first batch, which touches a
+            few samples of many shards, checks those samples only.
     """
     if opened is None:
         raw, size = _read_header_bytes(path, expected_bytes)
@@ -273,9 +306,14 @@ def read_header(
     if end != size:
         raise _corrupt(path, f"shard is {size} bytes, its header describes {end}")
     for offset, record in enumerate(records):
-        problem = _record_problem(record, start + offset, tensors)
+        problem = (
+            _record_problem(record, start + offset, tensors)
+            if check_records
+            else _count_problem(record)
+        )
         if problem is not None:
             raise _corrupt(path, f"sample {start + offset} has a malformed record: {problem}")
     if sum(record["tensors"] for record in records) != len(tensors):
         raise _corrupt(path, "the shard holds tensors that no sample record names")
-    return ShardHeader(tensors, records, start, stop, size)
+    unchecked = set() if check_records else set(range(start, stop))
+    return ShardHeader(tensors, records, start, stop, size, path, unchecked)

@@ -95,9 +95,12 @@ class _OpenShard:
     def header(self) -> ShardHeader:
         """The header, parsed and checked on this shard's first read.
 
-        Opening a cache reads no header, so a first batch does not wait for all of them.
+        Opening a cache reads no header, so a first batch does not wait for all of them;
+        each sample's record is checked on that sample's first read.
         """
-        header = read_header(self.path, opened=(self._read_at, self.info.bytes))
+        header = read_header(
+            self.path, opened=(self._read_at, self.info.bytes), check_records=False
+        )
         if (header.start, header.stop) != (self.info.start, self.info.stop):
             raise CorruptCacheError(
                 f"{self.path}: holds samples [{header.start}, {header.stop}), the "
@@ -142,7 +145,7 @@ class _OpenShard:
         cached = self._samples.get(key)
         if cached is not None:
             return cached
-        record = self.header.records[index - self.header.start]
+        record = self.header.record(index)
         widen = record.get("widen", {})
         leaves: list[torch.Tensor | Narrow] = []
         for position in range(record["tensors"]):
