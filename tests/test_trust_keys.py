@@ -17,9 +17,9 @@ import torch
 
 from shardcache import FingerprintError, SplitError
 from shardcache.store import cache_key, ensure_cache
+from support.loaders import AttributeLoader
 from support.trust import (
     KEY_IGNORES,
-    AttributeLoader,
     DeclaredLogLoader,
     PrivateCallableLoader,
     PrivateSizeLoader,

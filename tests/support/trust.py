@@ -135,19 +135,6 @@ class DeclaredLogLoader:
         return 0
 
 
-class AttributeLoader:
-    """Whatever public attributes the test gives it (for key tests)."""
-
-    def __init__(self, /, **attributes: Any) -> None:
-        self.__dict__.update(attributes)
-
-    def sample(self, item: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        return torch.zeros(1), {}
-
-    def label(self, item: Any) -> int:
-        return 0
-
-
 class FlakyLoader(TinyLoader):
     """A `TinyLoader` that fails from item ``FAIL_FROM`` on: leaves a build to resume.
 
