@@ -12,7 +12,8 @@ Each figure comes from fresh processes (`benchmarks.harness`), medians of ``--re
 time to the first training batch of a second run (the disk cache already built, mednet's
 cache rebuilt, as every run does), warm samples/s through ``train_dataloader()`` (the
 median of 5 epochs per process), decodes per run, and the decodes and proportional memory
-(PSS) of the two ranks of a gloo job's first run, holding the split at once. Results: ``<results>/mednet.json`` and ``mednet.md``.
+(PSS) of the two ranks of a gloo job's first run, holding the split at once. Results:
+``<results>/mednet.json`` and ``mednet.md``.
 """
 
 from __future__ import annotations
