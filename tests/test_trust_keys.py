@@ -8,7 +8,9 @@ state.
 from __future__ import annotations
 
 import enum
+import gc
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from shardcache import FingerprintError, SplitError
+from shardcache.core.decoding import decode
 from shardcache.store import cache_key, ensure_cache
 from support.loaders import AttributeLoader
 from support.trust import (
@@ -243,3 +246,36 @@ def test_f04_seeded_epoch_order_is_the_same_in_every_tier_and_cache_state(
     assert len(distinct) == 1, "seeded first epochs differ:\n" + "\n".join(
         f"  {name:12} {order}" for name, order in orders.items()
     )
+
+
+class GlobalRandomLoader(TinyLoader):
+    """Draws from the global generators while decoding (what a careless loader does)."""
+
+    def sample(self, item: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        random.random()
+        torch.rand(1)
+        return super().sample(item)
+
+
+def test_f04_an_abandoned_decode_never_rewinds_the_callers_random_state() -> None:
+    """A decode whose consumer stopped half-way (a failed build) is closed whenever the
+    garbage collector gets to it: that must not put back the random state of its start."""
+    decoding = decode("train", ITEMS, GlobalRandomLoader(), lambda sample: sample)
+    next(decoding)
+    random.seed(7)
+    torch.manual_seed(7)
+    python_state, torch_state = random.getstate(), torch.random.get_rng_state()
+    del decoding
+    gc.collect()
+    assert random.getstate() == python_state
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+
+
+def test_f04_a_loader_drawing_from_the_global_generators_leaves_them_as_they_were() -> None:
+    random.seed(3)
+    torch.manual_seed(3)
+    python_state, torch_state = random.getstate(), torch.random.get_rng_state()
+    decoded = list(decode("train", ITEMS, GlobalRandomLoader(), lambda sample: sample))
+    assert len(decoded) == len(ITEMS)
+    assert random.getstate() == python_state
+    assert torch.equal(torch.random.get_rng_state(), torch_state)

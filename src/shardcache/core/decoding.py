@@ -32,6 +32,10 @@ MAX_REPORTED_FAILURES = 20
 """Failures listed in a `BadSamplesError` message; the count covers all of them."""
 
 Payload = TypeVar("Payload")
+Result = TypeVar("Result")
+
+_DONE: Any = object()
+"""What a finished decode's next step returns."""
 
 
 @dataclass(frozen=True)
@@ -125,25 +129,54 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-class _CallersRandomState:
-    """Leaves torch's, Python's and NumPy's global random state as it found them.
+@dataclass
+class _RandomStates:
+    """Torch's, Python's and NumPy's global random states, captured or applied at once."""
+
+    torch_state: torch.Tensor
+    python_state: Any
+    numpy_state: Any
+
+    @classmethod
+    def capture(cls) -> _RandomStates:
+        numpy = _numpy()
+        return cls(
+            torch.random.get_rng_state(),
+            random.getstate(),
+            None if numpy is None else numpy.random.get_state(),
+        )
+
+    def apply(self) -> None:
+        torch.random.set_rng_state(self.torch_state)
+        random.setstate(self.python_state)
+        numpy = _numpy()
+        if numpy is not None and self.numpy_state is not None:
+            numpy.random.set_state(self.numpy_state)
+
+
+class _OwnRandomStates:
+    """Runs each step of a decode on random states of its own, the caller's in between.
 
     The DataLoader below draws its base seed from its own generator, but a raw loader run
-    in this process (``parallel=-1``) may draw from the global generators.
+    in this process (``parallel=-1``) may draw from the global generators. Its states start
+    as the caller's and go on from step to step; after every step the caller's are put
+    back. Nothing is held across a ``yield``: a decode abandoned half-way (its consumer
+    failed) must not restore stale states whenever the garbage collector closes it.
     """
 
-    def __enter__(self) -> None:
-        self._torch = torch.random.get_rng_state()
-        self._python = random.getstate()
-        numpy = _numpy()
-        self._numpy = None if numpy is None else numpy.random.get_state()
+    def __init__(self) -> None:
+        self._own: _RandomStates | None = None
 
-    def __exit__(self, *exc: object) -> None:
-        torch.random.set_rng_state(self._torch)
-        random.setstate(self._python)
-        numpy = _numpy()
-        if numpy is not None and self._numpy is not None:
-            numpy.random.set_state(self._numpy)
+    def step(self, action: Callable[[], Result]) -> Result:
+        """``action()`` on the decode's random states."""
+        callers = _RandomStates.capture()
+        if self._own is not None:
+            self._own.apply()
+        try:
+            return action()
+        finally:
+            self._own = _RandomStates.capture()
+            callers.apply()
 
 
 def _numpy() -> Any:
@@ -190,24 +223,28 @@ def decode(
     workers = num_workers(parallel)
     dataset = _DecodingDataset(subset, items, chosen, loader, prepare, transforms)
     failures: list[_Failure] = []
-    with _CallersRandomState():
-        batches = DataLoader(
-            dataset,
-            batch_size=None,
-            shuffle=False,
-            num_workers=workers,
-            collate_fn=_as_is,
-            multiprocessing_context=worker_context(workers),
-            prefetch_factor=4 if workers else None,
-            generator=torch.Generator(),  # its base seed is not drawn from the caller's RNG
+    states = _OwnRandomStates()
+    batches = states.step(
+        lambda: iter(
+            DataLoader(
+                dataset,
+                batch_size=None,
+                shuffle=False,
+                num_workers=workers,
+                collate_fn=_as_is,
+                multiprocessing_context=worker_context(workers),
+                prefetch_factor=4 if workers else None,
+                generator=torch.Generator(),  # its base seed is not drawn from the caller's RNG
+            )
         )
-        with tqdm(total=len(chosen), desc=f"decoding {subset}", unit="sample", disable=None) as bar:
-            for result in batches:
-                bar.update()
-                if isinstance(result, _Failure):
-                    failures.append(result)
-                    logger.debug("%s", result.message)
-                    continue
-                yield result
+    )
+    with tqdm(total=len(chosen), desc=f"decoding {subset}", unit="sample", disable=None) as bar:
+        while (result := states.step(lambda: next(batches, _DONE))) is not _DONE:
+            bar.update()
+            if isinstance(result, _Failure):
+                failures.append(result)
+                logger.debug("%s", result.message)
+                continue
+            yield result
     if failures:
         raise _fail(subset, len(items), failures)
