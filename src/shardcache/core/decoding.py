@@ -8,7 +8,6 @@ shuffles the same whether it built its cache, found it, or decodes on every acce
 
 from __future__ import annotations
 
-import itertools
 import logging
 import operator
 import random
@@ -35,9 +34,8 @@ MAX_REPORTED_FAILURES = 20
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
 
-IN_PROCESS_CHUNK = 16
-"""Samples decoded in this process per step on the decode's own random states (a swap of
-torch's, Python's and NumPy's states costs ~0.4 ms, mostly NumPy's)."""
+_DONE: Any = object()
+"""What a finished DataLoader's next step returns."""
 
 
 @dataclass(frozen=True)
@@ -181,20 +179,20 @@ class _OwnRandomStates:
             callers.apply()
 
 
-def _chunks(batches: Iterator[Any], states: _OwnRandomStates | None) -> Iterator[list[Any]]:
-    """The DataLoader's results a chunk at a time.
+def _results(batches: Iterator[Any], states: _OwnRandomStates | None) -> Iterator[Any]:
+    """The DataLoader's results, one by one, so that each reaches the shard writer at once.
 
-    With ``states`` (the loader runs in this process) each chunk is decoded on the decode's
-    own random states; from workers, results come one by one and touch no random state here.
+    With ``states`` (the loader runs in this process) each is decoded on the decode's own
+    random states; results from workers touch no random state here, and skip the swap.
     """
     while True:
         if states is None:
-            chunk = list(itertools.islice(batches, 1))
+            result = next(batches, _DONE)
         else:
-            chunk = states.step(lambda: list(itertools.islice(batches, IN_PROCESS_CHUNK)))
-        if not chunk:
+            result = states.step(lambda: next(batches, _DONE))
+        if result is _DONE:
             return
-        yield chunk
+        yield result
 
 
 def _numpy() -> Any:
@@ -257,13 +255,12 @@ def decode(
         )
     )
     with tqdm(total=len(chosen), desc=f"decoding {subset}", unit="sample", disable=None) as bar:
-        for chunk in _chunks(batches, states if workers == 0 else None):
-            for result in chunk:
-                bar.update()
-                if isinstance(result, _Failure):
-                    failures.append(result)
-                    logger.debug("%s", result.message)
-                    continue
-                yield result
+        for result in _results(batches, states if workers == 0 else None):
+            bar.update()
+            if isinstance(result, _Failure):
+                failures.append(result)
+                logger.debug("%s", result.message)
+                continue
+            yield result
     if failures:
         raise _fail(subset, len(items), failures)
