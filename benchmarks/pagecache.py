@@ -42,15 +42,14 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
-def resident_pages(path: Path) -> tuple[int, int]:
-    """``(resident, total)`` pages of ``path`` in the page cache (``mincore`` of a mapping).
+def resident_map(path: Path) -> list[bool]:
+    """Whether each page of ``path`` is in the page cache (``mincore`` of a mapping).
 
     Mapping a file reads none of it; ``mincore`` only looks at the page cache.
     """
     size = path.stat().st_size
-    total = -(-size // PAGE)
     if size == 0:
-        return 0, 0
+        return []
     libc = _libc()
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -58,15 +57,20 @@ def resident_pages(path: Path) -> tuple[int, int]:
         if address in (None, ctypes.c_void_p(-1).value):
             raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
         try:
-            vector = ctypes.create_string_buffer(total)
+            vector = ctypes.create_string_buffer(-(-size // PAGE))
             if libc.mincore(address, size, vector) != 0:
                 raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
-            resident = sum(byte & 1 for byte in vector.raw)
+            return [bool(byte & 1) for byte in vector.raw]
         finally:
             libc.munmap(address, size)
     finally:
         os.close(descriptor)
-    return resident, total
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """``(resident, total)`` pages of ``path`` in the page cache."""
+    pages = resident_map(path)
+    return sum(pages), len(pages)
 
 
 def resident_fraction(paths: Iterable[Path]) -> float:

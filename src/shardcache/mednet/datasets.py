@@ -36,6 +36,9 @@ class TierDataset(_MednetDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """A batch's samples; narrow stored tensors stay narrow for `BatchCollator`."""
+        prefetch = getattr(self.dataset, "prefetch", None)
+        if prefetch is not None:  # the disk tier: the batch's reads overlap
+            prefetch(indices)
         lazy = getattr(self.dataset, "lazy_sample", None) if self.lazy else None
         if lazy is not None:
             return [lazy(index) for index in indices]

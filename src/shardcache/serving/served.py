@@ -34,6 +34,9 @@ class ServedDataset(Dataset[Sample]):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """The samples of one batch (with narrow tensors left narrow when it can)."""
+        prefetch = getattr(self.dataset, "prefetch", None)
+        if prefetch is not None:  # the disk tier: the batch's reads overlap
+            prefetch(indices)
         lazy = None if self.transforms else getattr(self.dataset, "lazy_sample", None)
         if lazy is not None:
             return [lazy(index) for index in indices]

@@ -22,6 +22,7 @@ import functools
 import mmap
 import os
 import weakref
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from .fs import Directory
 from .header import ShardHeader, TensorEntry, read_header, size_problem
 from .layout import MANIFEST_NAME, CacheRoot
 from .leases import Lease
+from .readahead import HEAD_BYTES, will_need_file, will_need_mapped
 from .usage import touch_last_used
 
 
@@ -55,6 +57,7 @@ class _OpenShard:
         # Per (index, in a DataLoader worker): workers need views of their own (see _view).
         self._samples: dict[tuple[int, bool], tuple[dict[str, Any], list[torch.Tensor | Narrow]]]
         self._samples = {}
+        self.read_from = False  # whether this process has read a sample of this shard
         try:
             descriptor = directory.open_file(info.file)
         except FileNotFoundError as error:
@@ -68,6 +71,7 @@ class _OpenShard:
             problem = size_problem(os.fstat(descriptor).st_size, info.bytes)
             if problem is not None:
                 raise CorruptCacheError(f"{self.path}: {problem}", path=self.path)
+            will_need_file(descriptor, 0, min(info.bytes, HEAD_BYTES))  # the header
             if use_mmap:
                 # MAP_PRIVATE: reads share the page cache, a write copies the page. The
                 # mapping outlives the descriptor and the file's unlink.
@@ -115,6 +119,25 @@ class _OpenShard:
             return self._mapping[offset : offset + size]
         return os.pread(self.descriptor, size, offset)
 
+    def prefetch(self, index: int) -> None:
+        """Start reading sample ``index``'s bytes from the disk, without waiting for them.
+
+        Only until this process reads the shard: a shard's first reads have no read-ahead
+        history, so each would wait for the disk alone; later faults read around
+        themselves (the device's read-ahead window), which beat per-sample hints here.
+        """
+        if self.read_from:
+            return
+        record = self.header.record(index)
+        entries = [self.header.tensors[f"{index}/{p}"] for p in range(record["tensors"])]
+        if not entries:
+            return
+        begin, end = min(e.begin for e in entries), max(e.end for e in entries)
+        if self._mapping is not None:
+            will_need_mapped(self._mapping, begin, end)
+        else:
+            will_need_file(self.descriptor, begin, end)
+
     def _view(self, entry: TensorEntry) -> torch.Tensor:
         """A zero-copy view of ``entry`` in the mapping."""
         assert self.storage is not None
@@ -145,6 +168,7 @@ class _OpenShard:
         cached = self._samples.get(key)
         if cached is not None:
             return cached
+        self.read_from = True
         record = self.header.record(index)
         widen = record.get("widen", {})
         leaves: list[torch.Tensor | Narrow] = []
@@ -206,6 +230,7 @@ class CacheDataset(Dataset[Sample]):
             try:
                 self._starts = [shard.start for shard in self.manifest.shards]
                 self._shards: list[_OpenShard] | None = self._open_all(opened)
+                self._every_shard_read = False
                 touch_last_used(opened)  # for `shardcache list` and `prune`
             except BaseException:
                 if self._lease is not None:
@@ -251,6 +276,7 @@ class CacheDataset(Dataset[Sample]):
         try:
             with self._open_directory() as directory:
                 self._shards = self._open_all(directory)
+                self._every_shard_read = False
         except CorruptCacheError as error:
             raise CorruptCacheError(
                 f"{error} (this process opens the cache by name: it is a DataLoader worker "
@@ -263,6 +289,20 @@ class CacheDataset(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         shard, index = self._shard(index)
         return shard.sample(index)
+
+    def prefetch(self, indices: Sequence[int]) -> None:
+        """Ask the disk for these samples' bytes together (`readahead`), e.g. a batch's.
+
+        A cold first batch then waits for its reads once, not once per sample. Free once
+        this process has read every shard.
+        """
+        if self._every_shard_read:
+            return
+        for index in indices:
+            shard, sample = self._shard(index)
+            shard.prefetch(sample)
+        shards = self._shards or ()
+        self._every_shard_read = all(shard.read_from for shard in shards)
 
     def lazy_sample(self, index: int) -> Sample:
         """Sample ``index`` with narrow tensors left as `Narrow`.
