@@ -2,11 +2,12 @@
 
 Run by `benchmarks.measure` in the process that built the cache (nothing maps it there
 yet). First the disk's cold sequential read bandwidth for the cache's own shard files
-(`benchmarks.pagecache.sequential_read_mb_s`), then ``count`` cold epochs, each through a
-new DataModule and ``train_dataloader()``: set up (opens the manifest, maps nothing), drop
-the shards' pages and check with ``mincore`` how many stayed, then iterate one shuffled
-epoch; tear down (the mappings and DataLoader workers go, so the next drop can evict).
-With workers, an epoch's time includes starting them, as a training run's first epoch does.
+(`benchmarks.pagecache.sequential_read_mb_s`), then ``count`` cold epochs, each as a new
+training run starts one: drop the shards' pages and check with ``mincore`` how many stayed,
+then, timed, ``setup`` a new DataModule (it opens and maps the shards and asks the disk for
+their headers, `shardcache.store.readahead`) and iterate one shuffled epoch of
+``train_dataloader()``; tear down (the mappings and DataLoader workers go, so the next drop
+can evict). With workers, an epoch's time includes starting them, as a run's first does.
 Each epoch also counts its major page faults (those that waited for the disk), workers'
 included.
 """
@@ -41,12 +42,12 @@ def shard_files(module: Any) -> list[Path]:
 def cold_epoch(make_module: Callable[[], Any], files: list[Path]) -> dict[str, Any]:
     """One epoch of a fresh DataModule right after its shards' pages were dropped."""
     module = make_module()
-    module.setup("fit")
     dropped = pagecache.drop(files)
-    loader = module.train_dataloader()
     served, first_batch_s, first_batch_size = 0, None, 0
     faults = _major_faults()
     started = time.perf_counter()
+    module.setup("fit")
+    loader = module.train_dataloader()
     for tensor, _ in loader:
         if first_batch_s is None:
             first_batch_s, first_batch_size = time.perf_counter() - started, len(tensor)

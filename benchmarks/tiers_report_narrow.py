@@ -18,11 +18,12 @@ def section(summary: dict[str, Any]) -> list[str]:
     out = [
         "## Narrow against float32 storage (the disk tier)",
         "",
-        "*cold*: in the process that built the cache, each cold epoch runs through a new "
-        "DataModule right after `posix_fadvise(POSIX_FADV_DONTNEED)` on every shard file "
-        "(no root needed); `mincore` then counts the shard pages still cached (*left after "
-        "drop*, the worst epoch: 0% means every page came from the disk). With workers, a "
-        "cold epoch includes starting them. *read MB/s*: a sequential `readv` of the same "
+        "*cold*: in the process that built the cache, each cold epoch times a new "
+        "DataModule's `setup()` and one epoch, right after `posix_fadvise(POSIX_FADV_DONTNEED)` "
+        "on every shard file (no root needed); `mincore` then counts the shard pages still "
+        "cached (*left after drop*, the worst epoch: 0% means every page came from the disk). "
+        "With workers, a cold epoch includes starting them. *cold first batch*: from "
+        "`setup()` to the first batch. *read MB/s*: a sequential `readv` of the same "
         "shard files after a drop: the disk's cold bandwidth for them. *major faults*: "
         "page faults that waited for the disk in a cold epoch, workers' included (the "
         "kernel reads ahead around each one).",
@@ -43,6 +44,7 @@ def section(summary: dict[str, Any]) -> list[str]:
                 num(narrow["cold_samples_per_s"]),
                 num(wide["cold_samples_per_s"]),
                 times(ratios["cold_samples_per_s"]),
+                f"{num(narrow['cold_first_batch_s'], 2)} / {num(wide['cold_first_batch_s'], 2)}",
                 f"{num(narrow['cold_read_mb_s'])} / {num(wide['cold_read_mb_s'])}",
                 f"{num(narrow['cold_major_faults'], 0)} / {num(wide['cold_major_faults'], 0)}",
                 "n/a" if left is None else f"{left:.1%}",
@@ -57,6 +59,7 @@ def section(summary: dict[str, Any]) -> list[str]:
             "cold samples/s, narrow",
             "cold, float32",
             "ratio",
+            "cold first batch s (narrow / float32)",
             "cold read MB/s (narrow / float32)",
             "major faults per cold epoch (narrow / float32)",
             "pages left after drop",
