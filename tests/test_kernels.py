@@ -12,6 +12,7 @@ import torch
 
 from shardcache.core import kernels
 from shardcache.core.narrow import Widening
+from shardcache.store import codec
 
 WIDENINGS = [
     Widening(stored, "F32", scale, op)
@@ -64,3 +65,54 @@ def test_memmove_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     destination = torch.zeros(10, dtype=torch.uint8)
     kernels.copy(destination.data_ptr(), source.data_ptr(), 10)
     assert torch.equal(destination, source)
+
+
+# ---- the build's narrowing check ------------------------------------------------------------
+
+SPECIALS = [float("nan"), float("inf"), -float("inf"), -0.0, -1 / 255, 256 / 255, 1e-45, 0.3]
+"""Values no candidate stores exactly (-0.0 would come back +0.0; 0.3 is no k / 255)."""
+
+
+def narrowable(stored: str, scale: int, op: str, count: int) -> torch.Tensor:
+    """``count`` float32 values that ``k / scale`` (or ``k * (1 / scale)``) gives exactly."""
+    high = 256 if stored == "U8" else 65536
+    k = torch.randint(0, high, (count,)).to(torch.float32)
+    return k.div_(scale) if op == "div" else k.mul_(float(torch.tensor(1 / scale)))
+
+
+def narrowed_both_ways(values: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """`codec.narrow` of ``values`` with the C check and with numpy's: (data, widening) each."""
+    results = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("SHARDCACHE_NATIVE", native)
+        found = codec.narrow(values)
+        results.append(None if found is None else (found.data.tolist(), found.widening))
+    return results
+
+
+@pytest.mark.parametrize("offset", [0, 1, 5])
+@pytest.mark.parametrize("count", [1024, 1031, 5000])
+@pytest.mark.parametrize("widening", WIDENINGS, ids=str)
+def test_c_and_numpy_narrow_alike(
+    widening: Widening, count: int, offset: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = narrowable(widening.stored, widening.scale, widening.op, count + offset)[offset:]
+    in_c, in_numpy = narrowed_both_ways(values, monkeypatch)
+    assert in_c == in_numpy
+    assert in_c is not None  # exact data is narrowed...
+    data, found = in_c  # type: ignore[misc]
+    served = torch.empty(count)
+    kernels.widen(torch.tensor(data, dtype=found.stored_dtype), found, served)
+    assert torch.equal(served.view(torch.int32), values.view(torch.int32))  # ...bit for bit
+
+
+@pytest.mark.parametrize("special", SPECIALS)
+@pytest.mark.parametrize("position", [0, 9, 1029])  # in the vector loop or its scalar tail
+def test_c_and_numpy_refuse_alike(
+    special: float, position: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = narrowable("U8", 255, "div", 1030)
+    values[position] = special
+    in_c, in_numpy = narrowed_both_ways(values, monkeypatch)
+    assert in_c == in_numpy
+    assert in_c is None  # one value that no candidate gives back keeps the tensor float

@@ -1,4 +1,5 @@
-/* shardcache.core._native: the two loops a batch is made of, in one pass each.
+/* shardcache.core._native: the two loops a batch is made of, in one pass each, and the
+ * build's check that a float tensor can be stored narrow.
  *
  * copy(dst, src, nbytes)
  *     memcpy; from 64 KiB on, with non-temporal (streaming) stores where the CPU has AVX2.
@@ -13,11 +14,19 @@
  *     no contraction): bit for bit what numpy's float32 divide/multiply gives, which
  *     shardcache.core.narrow checks for every stored value before using it.
  *
+ * narrow(dst, src, count, stored_bytes, scale, div_factor, mul_factor) -> (div, mul)
+ *     The build's exactness check in one pass over float32 src: k = rint(src[i] * scale) in
+ *     float32 as numpy computes it, refused outside [0, 255] (or 65535; NaN fails), stored
+ *     in dst as uint8 (uint16); div (mul): whether widen(k, divide=1 (0), factor) gives
+ *     every src[i] back bit for bit. Stops at the first value neither gives back (dst is
+ *     then partly written and unusable).
+ *
  * Addresses are Python ints (tensor.data_ptr()); the GIL is released during the loops.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -145,16 +154,118 @@ static PyObject *native_widen(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* narrow: one pass, stopping at the first value that neither widening gives back. ok[0], ok[1]:
+ * whether every value so far is (float)k / div_factor, resp. (float)k * mul_factor, bit for
+ * bit: the arithmetic of widen, so a value passes only if widen serves its very bits. k goes
+ * back through an integer first: -0.0 rounds to k = 0, which serves +0.0, and fails. */
+static int narrow_one(float x, float scale, float limit, float div_factor, float mul_factor,
+                      int *ok, uint32_t *k) {
+    float r = rintf(x * scale);
+    if (!(r >= 0.0f && r <= limit)) return 0; /* NaN too */
+    *k = (uint32_t)r;
+    float kf = (float)*k, d = kf / div_factor, m = kf * mul_factor;
+    uint32_t xb, db, mb;
+    memcpy(&xb, &x, 4);
+    memcpy(&db, &d, 4);
+    memcpy(&mb, &m, 4);
+    ok[0] &= db == xb;
+    ok[1] &= mb == xb;
+    return ok[0] | ok[1];
+}
+
+static void narrow_scalar(void *out, const float *in, size_t n, int stored, float scale,
+                          float div_factor, float mul_factor, int *ok) {
+    const float limit = stored == 1 ? 255.0f : 65535.0f;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k;
+        if (!narrow_one(in[i], scale, limit, div_factor, mul_factor, ok, &k)) {
+            ok[0] = ok[1] = 0;
+            return;
+        }
+        if (stored == 1)
+            ((uint8_t *)out)[i] = (uint8_t)k;
+        else
+            ((uint16_t *)out)[i] = (uint16_t)k;
+    }
+}
+
+#ifdef HAVE_X86
+__attribute__((target("avx2"))) static void narrow_avx2(void *out, const float *in, size_t n,
+                                                        int stored, float scale,
+                                                        float div_factor, float mul_factor,
+                                                        int *ok) {
+    const float limit = stored == 1 ? 255.0f : 65535.0f;
+    const __m256 vscale = _mm256_set1_ps(scale), vlimit = _mm256_set1_ps(limit);
+    const __m256 vzero = _mm256_setzero_ps();
+    const __m256 vdiv = _mm256_set1_ps(div_factor), vmul = _mm256_set1_ps(mul_factor);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(in + i);
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(x, vscale),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 inside = _mm256_and_ps(_mm256_cmp_ps(r, vzero, _CMP_GE_OQ),
+                                      _mm256_cmp_ps(r, vlimit, _CMP_LE_OQ));
+        if (_mm256_movemask_ps(inside) != 0xFF) {
+            ok[0] = ok[1] = 0;
+            return;
+        }
+        __m256i k = _mm256_cvtps_epi32(r);
+        __m256 kf = _mm256_cvtepi32_ps(k);
+        __m256i xb = _mm256_castps_si256(x);
+        __m256i d = _mm256_cmpeq_epi32(_mm256_castps_si256(_mm256_div_ps(kf, vdiv)), xb);
+        __m256i m = _mm256_cmpeq_epi32(_mm256_castps_si256(_mm256_mul_ps(kf, vmul)), xb);
+        ok[0] &= _mm256_movemask_ps(_mm256_castsi256_ps(d)) == 0xFF;
+        ok[1] &= _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xFF;
+        if (!(ok[0] | ok[1])) return;
+        __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+        if (stored == 1)
+            _mm_storel_epi64((__m128i *)((uint8_t *)out + i), _mm_packus_epi16(words, words));
+        else
+            _mm_storeu_si128((__m128i *)((uint16_t *)out + i), words);
+    }
+    char *rest = (char *)out + i * (size_t)stored;
+    narrow_scalar(rest, in + i, n - i, stored, scale, div_factor, mul_factor, ok);
+}
+#endif
+
+static PyObject *native_narrow(PyObject *self, PyObject *args) {
+    unsigned long long dst, src;
+    Py_ssize_t n;
+    int stored;
+    float scale, div_factor, mul_factor;
+    if (!PyArg_ParseTuple(args, "KKnifff:narrow", &dst, &src, &n, &stored, &scale, &div_factor,
+                          &mul_factor))
+        return NULL;
+    if (n < 0 || (stored != 1 && stored != 2)) {
+        PyErr_SetString(PyExc_ValueError, "narrow: negative count, or stored bytes not 1 or 2");
+        return NULL;
+    }
+    void *out = (void *)(uintptr_t)dst;
+    const float *in = (const float *)(uintptr_t)src;
+    int ok[2] = {1, 1};
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_X86
+    if (have_avx2)
+        narrow_avx2(out, in, (size_t)n, stored, scale, div_factor, mul_factor, ok);
+    else
+#endif
+        narrow_scalar(out, in, (size_t)n, stored, scale, div_factor, mul_factor, ok);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(OO)", ok[0] ? Py_True : Py_False, ok[1] ? Py_True : Py_False);
+}
+
 static PyMethodDef methods[] = {
     {"copy", native_copy, METH_VARARGS, "copy(dst, src, nbytes): memcpy, streaming when large."},
     {"widen", native_widen, METH_VARARGS,
      "widen(dst, src, count, stored_bytes, divide, factor): uint8/16 to float32, exactly."},
+    {"narrow", native_narrow, METH_VARARGS,
+     "narrow(dst, src, count, stored_bytes, scale, table_div, table_mul): the exactness check."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "shardcache.core._native",
-    "Batch copy and widening loops (see _native.c).", -1, methods,
+    "Batch copy and widening loops, the narrowing check (see _native.c).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

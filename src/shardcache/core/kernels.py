@@ -1,4 +1,6 @@
-"""The loops a batch is made of: copy bytes, widen narrow integers to floats.
+"""The loops a batch is made of (copy bytes, widen narrow integers), and the narrowing check.
+
+The check is the build's: may a float tensor be stored narrow (`narrow_exact`).
 
 In C (`shardcache.core._native`, built with the package) where it was built and
 ``SHARDCACHE_NATIVE`` allows it: streaming stores for large copies, one vectorised pass for
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -88,6 +90,36 @@ class Loops:
             )
         else:
             widening.apply(data.numpy(), out.numpy())
+
+
+def checks_in_c(widenings: tuple[Widening, Widening]) -> bool:
+    """Whether `narrow_exact` may check these: the C widening of each is numpy's (`exact`)."""
+    return all(map(exact, widenings))
+
+
+def narrow_exact(
+    loops: Any, values: torch.Tensor, out: torch.Tensor, widenings: tuple[Widening, Widening]
+) -> tuple[bool, bool]:
+    """The build's exactness check in one pass of the C ``loops`` (see `checks_in_c`).
+
+    ``values``: flat contiguous float32; ``out``: the stored dtype, same length, given
+    ``k = rint(value * scale)`` (float32, as numpy computes it); ``widenings``: the ``div``
+    and the ``mul`` widening of one stored dtype and scale. Returns whether widening every
+    ``k`` by each gives its value back bit for bit; ``out`` is usable only if one does.
+    """
+    division, multiplication = widenings
+    return cast(
+        tuple[bool, bool],
+        loops.narrow(
+            out.data_ptr(),
+            values.data_ptr(),
+            values.numel(),
+            out.element_size(),
+            float(division.scale),
+            _factor(division),
+            _factor(multiplication),
+        ),
+    )
 
 
 def loops() -> Loops:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core import kernels
 from ..core.narrow import Narrow, Operation, Widening
 from ..core.structure import flatten
 from ..core.types import Sample
@@ -24,6 +25,14 @@ integer values held in floats."""
 
 _SERVED = {torch.float32: "F32", torch.float64: "F64"}
 _LIMITS = {"U8": 255, "U16": 65535}
+_PAIRS = {
+    served: [
+        (Widening(stored, served, scale, "div"), Widening(stored, served, scale, "mul"))
+        for stored, scale in CANDIDATES
+    ]
+    for served in _SERVED.values()
+}
+"""Per served dtype, each candidate's two widenings, in the order tried."""
 
 
 PREFIX = 4096
@@ -58,25 +67,43 @@ def _exact(values: np.ndarray, stored: str, scale: int, served: str) -> Narrow |
     return None
 
 
+def _exact_in_c(loops: Any, flat: torch.Tensor, pair: tuple[Widening, Widening]) -> Narrow | None:
+    """`_exact` for both ways of one candidate, in one C pass (`kernels.narrow_exact`)."""
+    out = torch.empty(flat.numel(), dtype=pair[0].stored_dtype)
+    for widening, ok in zip(pair, kernels.narrow_exact(loops, flat, out, pair), strict=True):
+        if ok:
+            return Narrow(out, widening)
+    return None
+
+
+def _exact_in_numpy(flat: np.ndarray, stored: str, scale: int, served: str) -> Narrow | None:
+    """`_exact` on a prefix first (inexact data fails there), then on everything."""
+    head = _exact(flat[:PREFIX], stored, scale, served)
+    if head is None or flat.size <= PREFIX:
+        return head
+    return _exact(flat, stored, scale, served)
+
+
 def narrow(tensor: torch.Tensor) -> Narrow | None:
     """``tensor`` as stored integers plus a widening that gives it back exactly, or None.
 
     Tries each of `CANDIDATES` with both ways loaders scale (``k / s``, ``k * (1 / s)``):
-    narrow, widen with the very arithmetic that serves it, compare the bits (first on a
-    prefix, then on everything).
+    narrow, widen with the very arithmetic that serves it, compare the bits: in one C pass
+    where the C widening is numpy's to the bit (`kernels.checks_in_c`), else in numpy.
     """
     served = _SERVED.get(tensor.dtype)
     if served is None or tensor.numel() < MIN_ELEMENTS:
         return None
     plain = tensor if type(tensor) is torch.Tensor else tensor.as_subclass(torch.Tensor)
-    flat = plain.contiguous().numpy().reshape(-1)
-    for stored, scale in CANDIDATES:
-        head = _exact(flat[:PREFIX], stored, scale, served)
-        if head is None:
-            continue
-        whole = head if flat.size <= PREFIX else _exact(flat, stored, scale, served)
-        if whole is not None:
-            return Narrow(whole.data.reshape(tensor.shape), whole.widening)
+    flat = plain.contiguous().reshape(-1)
+    loops = kernels.native()
+    for pair in _PAIRS[served]:
+        if loops is not None and kernels.checks_in_c(pair):
+            found = _exact_in_c(loops, flat, pair)
+        else:
+            found = _exact_in_numpy(flat.numpy(), pair[0].stored, pair[0].scale, served)
+        if found is not None:
+            return Narrow(found.data.reshape(tensor.shape), found.widening)
     return None
 
 
