@@ -124,3 +124,12 @@ def test_batches_fetched_through_the_served_dataset_are_prefetched(
     assert [sample[1]["label"] for sample in samples] == [0, 1, 0]
     assert [sample[1]["name"] for sample in samples] == [make_items(16)[i][0] for i in asked[0]]
     dataset.close()
+
+
+def test_a_batch_given_as_a_one_shot_iterable_is_served_whole(
+    cold_cache: Callable[[], CacheDataset],
+) -> None:
+    dataset = cold_cache()
+    samples = ServedDataset(dataset).__getitems__(index for index in [3, 7, 12])  # type: ignore[arg-type]
+    assert [sample[1]["name"] for sample in samples] == [make_items(16)[i][0] for i in (3, 7, 12)]
+    dataset.close()

@@ -36,6 +36,7 @@ class TierDataset(_MednetDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """A batch's samples; narrow stored tensors stay narrow for `BatchCollator`."""
+        indices = list(indices)  # read twice below (a one-shot iterable would come back empty)
         prefetch = getattr(self.dataset, "prefetch", None)
         if prefetch is not None:  # the disk tier: the batch's reads overlap
             prefetch(indices)

@@ -34,6 +34,7 @@ class ServedDataset(Dataset[Sample]):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """The samples of one batch (with narrow tensors left narrow when it can)."""
+        indices = list(indices)  # read twice below (a one-shot iterable would come back empty)
         prefetch = getattr(self.dataset, "prefetch", None)
         if prefetch is not None:  # the disk tier: the batch's reads overlap
             prefetch(indices)

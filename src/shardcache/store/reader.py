@@ -318,11 +318,13 @@ class CacheDataset(Dataset[Sample]):
         state = self.__dict__.copy()
         state["_shards"] = None
         state["_lease"] = None  # a file descriptor: the process that opened the cache holds it
+        state["_every_shard_read"] = False  # by this process: the next one reads afresh
         return state
 
     def close(self) -> None:
         """Drop this process's mappings and lease (tensors already served stay valid)."""
         self._shards = None  # a later read opens the shards again, by name
+        self._every_shard_read = False
         if self._lease is not None:
             self._lease.release()
             self._lease = None
