@@ -9,6 +9,7 @@ import torch
 from mednet.data.typing import Dataset as _MednetDataset
 
 from ..core.types import RawDataLoader, Sample, SampleDataset
+from ..serving.served import fetch_batch
 from ..tiers import Subset, TierOptions, make_tier
 
 
@@ -36,14 +37,7 @@ class TierDataset(_MednetDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """A batch's samples; narrow stored tensors stay narrow for `BatchCollator`."""
-        indices = list(indices)  # read twice below (a one-shot iterable would come back empty)
-        prefetch = getattr(self.dataset, "prefetch", None)
-        if prefetch is not None:  # the disk tier: the batch's reads overlap
-            prefetch(indices)
-        lazy = getattr(self.dataset, "lazy_sample", None) if self.lazy else None
-        if lazy is not None:
-            return [lazy(index) for index in indices]
-        return [self.dataset[index] for index in indices]
+        return fetch_batch(self.dataset, indices, lazy=self.lazy, read=self.dataset.__getitem__)
 
     def __len__(self) -> int:
         return len(self.dataset)

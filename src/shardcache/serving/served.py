@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from ..core.transforms import transform_sample
 from ..core.types import Sample, SampleDataset, Transform
+
+
+def fetch_batch(
+    dataset: SampleDataset,
+    indices: Iterable[int],
+    *,
+    lazy: bool,
+    read: Callable[[int], Sample],
+) -> list[Sample]:
+    """A batch's samples from a tier's ``dataset``, as a DataLoader's ``__getitems__`` wants them.
+
+    The disk tier is asked for the batch's bytes together first (``prefetch``); with
+    ``lazy``, a tier that stores tensors narrow serves them as `Narrow` (``lazy_sample``),
+    for `BatchCollator` to widen straight into the batch buffer; otherwise ``read(index)``.
+    """
+    indices = list(indices)  # read twice (a one-shot iterable would come back empty)
+    prefetch = getattr(dataset, "prefetch", None)
+    if prefetch is not None:
+        prefetch(indices)
+    lazy_sample = getattr(dataset, "lazy_sample", None) if lazy else None
+    if lazy_sample is not None:
+        return [lazy_sample(index) for index in indices]
+    return [read(index) for index in indices]
 
 
 class ServedDataset(Dataset[Sample]):
@@ -34,14 +57,7 @@ class ServedDataset(Dataset[Sample]):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """The samples of one batch (with narrow tensors left narrow when it can)."""
-        indices = list(indices)  # read twice below (a one-shot iterable would come back empty)
-        prefetch = getattr(self.dataset, "prefetch", None)
-        if prefetch is not None:  # the disk tier: the batch's reads overlap
-            prefetch(indices)
-        lazy = None if self.transforms else getattr(self.dataset, "lazy_sample", None)
-        if lazy is not None:
-            return [lazy(index) for index in indices]
-        return [self[index] for index in indices]
+        return fetch_batch(self.dataset, indices, lazy=not self.transforms, read=self.__getitem__)
 
     def __getattr__(self, name: str) -> Any:
         """The wrapped dataset's other attributes (``path``, ``manifest``...)."""
