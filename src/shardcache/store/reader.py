@@ -128,8 +128,7 @@ class _OpenShard:
         """
         if self.read_from:
             return
-        record = self.header.record(index)
-        entries = [self.header.tensors[f"{index}/{p}"] for p in range(record["tensors"])]
+        _, entries = self._entries(index)
         if not entries:
             return
         begin, end = min(e.begin for e in entries), max(e.end for e in entries)
@@ -162,6 +161,14 @@ class _OpenShard:
                 raise CorruptCacheError(f"{self.path}: short read of a tensor", path=self.path)
         return tensor
 
+    def _entries(self, index: int) -> tuple[dict[str, Any], list[TensorEntry]]:
+        """Sample ``index``'s record (checked) and where each of its tensors lies."""
+        record = self.header.record(index)
+        # Looked up by name, never by offset: a zero-size tensor shares its offset with the
+        # next one.
+        tensors = self.header.tensors
+        return record, [tensors[f"{index}/{position}"] for position in range(record["tensors"])]
+
     def _stored(self, index: int) -> tuple[dict[str, Any], list[torch.Tensor | Narrow]]:
         """Sample ``index``'s skeleton and stored tensors (views built once per process)."""
         key = (index, get_worker_info() is not None)
@@ -169,13 +176,10 @@ class _OpenShard:
         if cached is not None:
             return cached
         self.read_from = True
-        record = self.header.record(index)
+        record, entries = self._entries(index)
         widen = record.get("widen", {})
         leaves: list[torch.Tensor | Narrow] = []
-        for position in range(record["tensors"]):
-            # Looked up by name, never by offset: a zero-size tensor shares its offset with
-            # the next one.
-            entry = self.header.tensors[f"{index}/{position}"]
+        for position, entry in enumerate(entries):
             tensor = self._view(entry) if self.storage is not None else self._read(entry)
             spec = widen.get(str(position))
             leaves.append(tensor if spec is None else Narrow(tensor, Widening.from_json(spec)))
