@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core import kernels
-from ..core.narrow import Narrow, Operation, Widening
+from ..core.narrow import Narrow, Widening
 from ..core.structure import flatten
 from ..core.types import Sample
 
@@ -48,8 +48,9 @@ def _same_bits(left: np.ndarray, right: np.ndarray) -> bool:
     return bool(np.array_equal(left.view(unsigned), right.view(unsigned)))
 
 
-def _exact(values: np.ndarray, stored: str, scale: int, served: str) -> Narrow | None:
-    """``values`` (flat) as integers of ``stored`` with a widening that is exact, or None."""
+def _exact(values: np.ndarray, pair: tuple[Widening, Widening]) -> Narrow | None:
+    """``values`` (flat) as integers with the first of ``pair`` that is exact, or None."""
+    stored, scale = pair[0].stored, pair[0].scale
     if values.size == 0:
         return None
     scaled = np.multiply(values, values.dtype.type(scale))
@@ -58,9 +59,7 @@ def _exact(values: np.ndarray, stored: str, scale: int, served: str) -> Narrow |
         return None
     integers = scaled.astype(np.uint8 if stored == "U8" else np.uint16)
     widened = np.empty_like(values)
-    operations: tuple[Operation, ...] = ("div", "mul")
-    for op in operations:
-        widening = Widening(stored, served, scale, op)
+    for widening in pair:
         widening.apply(integers, widened)
         if _same_bits(values, widened):
             return Narrow(torch.from_numpy(integers), widening)
@@ -68,7 +67,7 @@ def _exact(values: np.ndarray, stored: str, scale: int, served: str) -> Narrow |
 
 
 def _exact_in_c(loops: Any, flat: torch.Tensor, pair: tuple[Widening, Widening]) -> Narrow | None:
-    """`_exact` for both ways of one candidate, in one C pass (`kernels.narrow_exact`)."""
+    """`_exact` in one C pass (`kernels.narrow_exact`)."""
     out = torch.empty(flat.numel(), dtype=pair[0].stored_dtype)
     for widening, ok in zip(pair, kernels.narrow_exact(loops, flat, out, pair), strict=True):
         if ok:
@@ -76,12 +75,12 @@ def _exact_in_c(loops: Any, flat: torch.Tensor, pair: tuple[Widening, Widening])
     return None
 
 
-def _exact_in_numpy(flat: np.ndarray, stored: str, scale: int, served: str) -> Narrow | None:
+def _exact_in_numpy(flat: np.ndarray, pair: tuple[Widening, Widening]) -> Narrow | None:
     """`_exact` on a prefix first (inexact data fails there), then on everything."""
-    head = _exact(flat[:PREFIX], stored, scale, served)
+    head = _exact(flat[:PREFIX], pair)
     if head is None or flat.size <= PREFIX:
         return head
-    return _exact(flat, stored, scale, served)
+    return _exact(flat, pair)
 
 
 def narrow(tensor: torch.Tensor) -> Narrow | None:
@@ -101,7 +100,7 @@ def narrow(tensor: torch.Tensor) -> Narrow | None:
         if loops is not None and kernels.checks_in_c(pair):
             found = _exact_in_c(loops, flat, pair)
         else:
-            found = _exact_in_numpy(flat.numpy(), pair[0].stored, pair[0].scale, served)
+            found = _exact_in_numpy(flat.numpy(), pair)
         if found is not None:
             return Narrow(found.data.reshape(tensor.shape), found.widening)
     return None
