@@ -161,7 +161,10 @@ static PyObject *native_widen(PyObject *self, PyObject *args) {
 static int narrow_one(float x, float scale, float limit, float div_factor, float mul_factor,
                       int *ok, uint32_t *k) {
     float r = rintf(x * scale);
-    if (!(r >= 0.0f && r <= limit)) return 0; /* NaN too */
+    if (!(r >= 0.0f && r <= limit)) { /* NaN too */
+        ok[0] = ok[1] = 0;
+        return 0;
+    }
     *k = (uint32_t)r;
     float kf = (float)*k, d = kf / div_factor, m = kf * mul_factor;
     uint32_t xb, db, mb;
@@ -178,10 +181,7 @@ static void narrow_scalar(void *out, const float *in, size_t n, int stored, floa
     const float limit = stored == 1 ? 255.0f : 65535.0f;
     for (size_t i = 0; i < n; i++) {
         uint32_t k;
-        if (!narrow_one(in[i], scale, limit, div_factor, mul_factor, ok, &k)) {
-            ok[0] = ok[1] = 0;
-            return;
-        }
+        if (!narrow_one(in[i], scale, limit, div_factor, mul_factor, ok, &k)) return;
         if (stored == 1)
             ((uint8_t *)out)[i] = (uint8_t)k;
         else
@@ -259,7 +259,7 @@ static PyMethodDef methods[] = {
     {"widen", native_widen, METH_VARARGS,
      "widen(dst, src, count, stored_bytes, divide, factor): uint8/16 to float32, exactly."},
     {"narrow", native_narrow, METH_VARARGS,
-     "narrow(dst, src, count, stored_bytes, scale, table_div, table_mul): the exactness check."},
+     "narrow(dst, src, count, stored_bytes, scale, div_factor, mul_factor): the exactness check."},
     {NULL, NULL, 0, NULL},
 };
 
