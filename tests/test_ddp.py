@@ -45,4 +45,16 @@ def test_two_ddp_ranks_decode_each_item_once_and_serve_equal_data(
     served = expected_digests(tmp_path, TRAIN, VALIDATION, kind)
     assert [{"train": r["train"], "validation": r["validation"]} for r in reports] == [served] * 4
     assert len({tuple(report["caches"]) for report in reports}) == 1
+    # Lightning re-creates the train loader with its distributed sampler and keeps its
+    # class: each rank hints the batches it draws, its own (`serving.lookahead`).
+    assert [report["train_loader"] for report in reports] == [
+        {
+            "loader": "LookaheadLoader",
+            "batches": "LookaheadBatches",
+            "sampler": "DistributedSampler",
+            "replicas": 2,
+            "rank": report["rank"],
+        }
+        for report in reports
+    ]
     assert [str(path) for path in published(cache_dir)] == sorted(reports[0]["caches"])

@@ -18,6 +18,7 @@ from .core.settings import DEFAULT_LOCK_TIMEOUT
 from .core.types import DatabaseSplit, RawDataLoader, Sample, SampleDataset, Transform
 from .core.workers import num_workers, worker_context
 from .serving.collate import BatchCollator, Widen
+from .serving.lookahead import LookaheadLoader
 from .serving.sampler import balanced_sampler
 from .serving.served import ServedDataset
 from .serving.widening import widen_batch
@@ -265,7 +266,7 @@ class CachingDataModule(lightning.LightningDataModule):
         served: Dataset[Sample] = dataset  # type: ignore[assignment]
         if self.model_transforms or hasattr(dataset, "lazy_sample"):
             served = ServedDataset(dataset, self.model_transforms)
-        return DataLoader(
+        return LookaheadLoader(
             served,
             batch_size=self.batch_size // self.batch_chunk_count,
             shuffle=shuffle,

@@ -174,6 +174,19 @@ def make_loader(kind: str, log: str | Path, delay: float = 0.0) -> Any:
     return SeededLoader(log, delay=delay)
 
 
+def _loader_report(loader: Any) -> dict[str, Any]:
+    """The classes of the train loader Lightning uses, of its batches and their sampler."""
+    batches = loader._index_sampler
+    sampler = getattr(getattr(batches, "batches", batches), "sampler", None)
+    return {
+        "loader": type(loader).__name__,
+        "batches": type(batches).__name__,
+        "sampler": type(sampler).__name__,
+        "replicas": getattr(sampler, "num_replicas", None),
+        "rank": getattr(sampler, "rank", None),
+    }
+
+
 def _main(config_path: str) -> None:
     import lightning
     import torch
@@ -219,6 +232,7 @@ def _main(config_path: str) -> None:
                 "train": dataset_digest(train),
                 "validation": dataset_digest(validation),
                 "caches": [str(train.path), str(validation.path)],
+                "train_loader": _loader_report(self.trainer.train_dataloader),
             }
             path = out / f"rank-{self.trainer.global_rank}.json"
             path.with_suffix(".part").write_text(json.dumps(report))

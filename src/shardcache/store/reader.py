@@ -41,7 +41,13 @@ from .fs import Directory
 from .header import ShardHeader, TensorEntry, read_header, size_problem
 from .layout import MANIFEST_NAME, CacheRoot
 from .leases import Lease
-from .readahead import HEAD_BYTES, will_need_file, will_need_mapped
+from .readahead import (
+    HEAD_BYTES,
+    page_cached,
+    will_need_file,
+    will_need_mapped,
+    will_need_soon,
+)
 from .usage import touch_last_used
 
 
@@ -126,16 +132,38 @@ class _OpenShard:
         history, so each would wait for the disk alone; later faults read around
         themselves (the device's read-ahead window), which beat per-sample hints here.
         """
-        if self.read_from:
+        span = None if self.read_from else self._span(index)
+        if span is None:
             return
-        _, entries = self._entries(index)
-        if not entries:
-            return
-        begin, end = min(e.begin for e in entries), max(e.end for e in entries)
         if self._mapping is not None:
-            will_need_mapped(self._mapping, begin, end)
+            will_need_mapped(self._mapping, *span)
         else:
+            will_need_file(self.descriptor, *span)
+
+    def uncached(self, index: int) -> tuple[int, int] | None:
+        """Where sample ``index``'s bytes are mapped (address, length), unless cached.
+
+        Its first and last pages stand for the whole (``mincore``); without mmap, its bytes
+        are hinted here instead (``POSIX_FADV_WILLNEED``) and None is returned.
+        """
+        span = self._span(index)
+        if span is None:
+            return None
+        begin, end = span
+        if self.storage is None:
             will_need_file(self.descriptor, begin, end)
+            return None
+        address = self.storage.data_ptr()
+        if page_cached(address + begin) and page_cached(address + end - 1):
+            return None
+        return address + begin, end - begin
+
+    def _span(self, index: int) -> tuple[int, int] | None:
+        """The bytes ``[begin, end)`` of the shard that sample ``index``'s tensors fill."""
+        _, entries = self._entries(index)
+        begin = min((e.begin for e in entries), default=0)
+        end = max((e.end for e in entries), default=0)
+        return (begin, end) if end > begin else None
 
     def _view(self, entry: TensorEntry) -> torch.Tensor:
         """A zero-copy view of ``entry`` in the mapping."""
@@ -307,6 +335,21 @@ class CacheDataset(Dataset[Sample]):
             shard.prefetch(sample)
         shards = self._shards or ()
         self._every_shard_read = all(shard.read_from for shard in shards)
+
+    def will_need(self, indices: Sequence[int]) -> None:
+        """Ask the disk for these samples' bytes soon, e.g. for batches a sampler drew ahead.
+
+        Unlike `prefetch`, also once this process has read their shards; samples whose
+        pages are cached cost a residency check only, and the hints are passed to the
+        kernel from a background thread (`readahead.will_need_soon`).
+        """
+        spans = []
+        for index in indices:
+            shard, sample = self._shard(index)
+            span = shard.uncached(sample)
+            if span is not None:
+                spans.append(span)
+        will_need_soon(spans)
 
     def lazy_sample(self, index: int) -> Sample:
         """Sample ``index`` with narrow tensors left as `Narrow`.
