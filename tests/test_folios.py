@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import itertools
 import mmap
@@ -105,6 +106,19 @@ def test_a_stream_without_a_file_gets_the_same_bytes() -> None:
     stream = io.BytesIO()
     write_chunked(stream, pieces, chunk=4096)
     assert stream.getvalue() == b"".join(pieces)
+
+
+def test_a_pipe_or_a_compressing_file_is_written_through_its_stream(tmp_path: Path) -> None:
+    pieces = _pieces(7, [100, 5000, 3])
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as pipe:  # a BufferedWriter, not to a regular file
+        write_chunked(pipe, pieces, chunk=4096)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.read() == b"".join(pieces)
+    path = tmp_path / "shard.gz"
+    with gzip.open(path, "wb") as compressing:  # its fileno() is the compressed file's
+        write_chunked(compressing, pieces, chunk=4096)  # type: ignore[arg-type]
+    assert gzip.decompress(path.read_bytes()) == b"".join(pieces)
 
 
 def _first_touch_faults(path: Path) -> int:

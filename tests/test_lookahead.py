@@ -8,14 +8,18 @@ real cache whose pages are dropped (``POSIX_FADV_DONTNEED``, observed with ``min
 
 from __future__ import annotations
 
+import functools
+import mmap
+import multiprocessing
+import multiprocessing.queues
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-import torch
 from benchmarks import pagecache
-from torch.utils.data import BatchSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DistributedSampler, SequentialSampler
 
 from shardcache import CachingDataModule
 from shardcache.serving.lookahead import LookaheadBatches, LookaheadLoader
@@ -72,6 +76,14 @@ def test_hints_stop_once_the_budget_is_spent_and_the_batches_still_all_pass() ->
     assert len(recorder.asked) == 3
 
 
+def test_batches_that_are_not_sequences_pass_unhinted() -> None:
+    recorder = Recorder()
+    one_shot = [iter(batch) for batch in batches(5)]  # a custom batch sampler's
+    lookahead = LookaheadBatches(one_shot, recorder, budget=10**6, skip=1, ahead=2)
+    assert [list(batch) for batch in lookahead] == batches(5)
+    assert recorder.asked == []
+
+
 def test_a_pass_that_ends_early_loses_no_batch_of_the_next() -> None:
     recorder = Recorder()
     lookahead = LookaheadBatches(batches(10), recorder, budget=10**6, skip=1, ahead=3)
@@ -109,7 +121,7 @@ def test_will_need_skips_samples_already_cached(
     cold_cache: Callable[[], CacheDataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dataset = cold_cache()
-    submitted: list[list[tuple[int, int]]] = []
+    submitted: list[list[readahead.Hint]] = []
     monkeypatch.setattr("shardcache.store.reader.will_need_soon", submitted.append)
     cached, cold = 1, 5  # in shards 0 and 1
     dataset[cached][0].sum()
@@ -117,34 +129,108 @@ def test_will_need_skips_samples_already_cached(
     dataset.will_need([cached, cold])
 
     assert len(submitted) == 1
-    assert len(submitted[0]) == 1  # only the cold sample's span
-    address, length = submitted[0][0]
+    assert len(submitted[0]) == 1  # only the cold sample's
     shard = dataset._shard(cold)[0]
     assert shard.storage is not None
     entry = shard.header.tensors[f"{cold}/0"]
-    assert (address, length) == (shard.storage.data_ptr() + entry.begin, entry.end - entry.begin)
+    begin = shard.storage.data_ptr() + entry.begin
+    aligned = begin - begin % pagecache.PAGE
+    hint = submitted[0][0]
+    assert isinstance(hint, functools.partial)
+    assert hint.args == (aligned, begin + entry.end - entry.begin - aligned, mmap.MADV_WILLNEED)
+    dataset.close()
+
+
+def test_a_sample_whose_neighbours_are_cached_is_still_hinted_when_its_middle_is_not(
+    cold_cache: Callable[[], CacheDataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Samples share their first and last pages with their neighbours: all pages count."""
+    dataset = cold_cache()
+    path = shard_paths(dataset)[0]
+    submitted: list[list[readahead.Hint]] = []
+    monkeypatch.setattr("shardcache.store.reader.will_need_soon", submitted.append)
+    dataset.will_need([1, 3])
+    for hint in submitted.pop():
+        hint()  # synchronously, as the advisor thread would
+    assert eventually(lambda: all(resident(path, pages_of(path, 1))))
+    assert eventually(lambda: all(resident(path, pages_of(path, 3))))
+    middle = pages_of(path, 2)[1:-1]
+    assert not any(resident(path, middle))
+
+    dataset.will_need([2])
+
+    assert [len(hints) for hints in submitted] == [1]
+    dataset.close()
+
+
+def test_will_need_never_raises_for_what_a_read_would_report(
+    cold_cache: Callable[[], CacheDataset],
+) -> None:
+    dataset = cold_cache()
+    dataset.will_need([10**6, -(10**6)])  # out of range: the read raises IndexError
+    with pytest.raises(IndexError):
+        dataset[10**6]
     dataset.close()
 
 
 def test_the_advisor_thread_ends_when_idle_and_starts_again_for_new_hints(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if readahead._libc() is None:
-        pytest.skip("no C library to call madvise through")
     monkeypatch.setattr(readahead._Advisor, "IDLE_SECONDS", 0.05)
     advisor = readahead._Advisor()
-    buffer = torch.zeros(1 << 16, dtype=torch.uint8)  # any mapped memory takes the hint
-    advisor.submit([(buffer.data_ptr(), buffer.numel())])
-    assert advisor._thread is not None
+    done: list[int] = []
+    advisor.submit([lambda: done.append(1)])
     first = advisor._thread
+    assert first is not None
     assert eventually(lambda: advisor._thread is None, seconds=5)
-    assert not first.is_alive() or eventually(lambda: not first.is_alive(), seconds=5)
-    advisor.submit([(buffer.data_ptr(), buffer.numel())])
+    assert eventually(lambda: not first.is_alive(), seconds=5)
+    advisor.submit([lambda: done.append(2), lambda: 1 / 0, lambda: done.append(3)])
     assert advisor._thread is not None
     assert advisor._thread is not first
+    assert eventually(lambda: done == [1, 2, 3], seconds=5)  # a failing hint stops nothing
 
 
-def test_page_cached_tells_resident_pages_from_dropped_ones(
+def test_an_advisor_that_cannot_start_a_thread_drops_its_hints_and_raises_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    advisor = readahead._Advisor()
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", refuse)
+        advisor.submit([lambda: None])
+    assert advisor._thread is None
+    assert advisor._queue.empty()
+    done = threading.Event()
+    advisor.submit([done.set])  # threads can be had again
+    assert done.wait(5)
+
+
+def _child_hints(results: multiprocessing.queues.Queue[object]) -> None:
+    inherited = readahead._advisor._thread
+    done = threading.Event()
+    readahead.will_need_soon([done.set])
+    results.put((inherited is None, done.wait(5)))
+
+
+def test_a_forked_child_starts_its_own_advisor_thread() -> None:
+    release = threading.Event()
+    readahead.will_need_soon([lambda: release.wait(10)])  # keeps the parent's thread busy
+    assert readahead._advisor._thread is not None
+    try:
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_child_hints, args=(results,))
+        child.start()
+        assert results.get(timeout=30) == (True, True)
+        child.join(30)
+    finally:
+        release.set()
+
+
+def test_page_cache_residency_is_told_for_whole_spans(
     cold_cache: Callable[[], CacheDataset],
 ) -> None:
     if readahead._libc() is None:
@@ -152,12 +238,17 @@ def test_page_cached_tells_resident_pages_from_dropped_ones(
     dataset = cold_cache()
     shard = dataset._shard(0)[0]
     assert shard.storage is not None
-    entry_of = {index: shard.header.tensors[f"{index}/0"] for index in (0, 3)}
+    entries = {index: shard.header.tensors[f"{index}/0"] for index in (0, 3)}
     address = shard.storage.data_ptr()
-    assert readahead.page_cached(address + entry_of[3].end - 1) is False  # beyond the head
+
+    def cached(index: int) -> bool | None:
+        entry = entries[index]
+        return readahead.span_cached(address + entry.begin, entry.end - entry.begin)
+
+    assert cached(3) is False  # beyond the hinted head
     dataset[0][0].sum()  # a fault: it reads around itself, the whole of this small shard
-    assert readahead.page_cached(address + entry_of[0].begin) is True
-    assert readahead.page_cached(address + entry_of[3].end - 1) is True
+    assert cached(0) is True
+    assert cached(3) is True
     dataset.close()
 
 
@@ -214,12 +305,48 @@ def test_the_memory_tier_loader_draws_plain_batches(tmp_path: Path) -> None:
     module.teardown("fit")
 
 
-def test_with_workers_the_first_batches_of_each_worker_go_unhinted(tmp_path: Path) -> None:
-    module = _module(tmp_path, "disk", parallel=2)
+def test_with_workers_the_main_process_hints_every_batch_past_the_workers_first_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[list[int]] = []
+    monkeypatch.setattr(
+        CacheDataset, "will_need", lambda self, indices: asked.append(list(indices))
+    )
+    module = CachingDataModule(
+        {"train": make_items(40)},
+        SeededLoader(tmp_path / "log"),
+        batch_size=2,
+        parallel=2,
+        cache="disk",
+        cache_dir=tmp_path / "cache",
+    )
+    module.prepare_data()
+    module.setup("fit")
     loader = module.train_dataloader()
-    lookahead = loader._index_sampler
+    skip = 2 * (2 + 1)  # the prefetch of 2 workers, and the first batch of each
+    assert loader._index_sampler.skip == skip
+
+    served = [batch[1]["name"] for batch in loader]  # the workers' order is the draws'
+
+    names = [name for name, _ in make_items(40)]
+    assert [[names[index] for index in batch] for batch in asked] == [
+        list(batch) for batch in served[skip:]
+    ]
+    module.teardown("fit")
+
+
+def test_a_ranks_loader_hints_one_epoch_of_its_own_share(tmp_path: Path) -> None:
+    module = _module(tmp_path, "disk", parallel=-1)
+    loader = module.train_dataloader()
+    rank = LookaheadLoader(
+        loader.dataset,
+        batch_size=4,
+        sampler=DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=True),
+        collate_fn=loader.collate_fn,
+    )
+    lookahead = rank._index_sampler
     assert isinstance(lookahead, LookaheadBatches)
-    assert lookahead.skip == 2 * (2 + 1)  # the prefetch of 2 workers, and one batch each
+    assert lookahead.budget == 12  # 24 samples, 2 ranks
     module.teardown("fit")
 
 

@@ -7,36 +7,36 @@ any worker reads them. Hinting them then (`CacheDataset.will_need`, ``MADV_WILLN
 the disk busy ahead of the readers: a cold epoch of a 2 GiB cache (2,000 x 1 MiB) took
 8-17% less time, with or without workers (medians of 6 interleaved runs each).
 
-Only the first epoch's worth of samples is hinted (``len(dataset)`` indices per loader):
-after it a cache that fits in memory is warm, and each hint would cost a residency check.
+Only one epoch's worth of indices is hinted per loader (its sampler's length: a DDP rank's
+share): after it a cache that fits in memory is warm, and each hint would cost a residency
+check for nothing.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 AHEAD = 2
-"""Batches hinted ahead of the one being drawn (beyond those a DataLoader draws ahead for
-its workers: ``prefetch_factor`` per worker)."""
+"""Batches drawn and hinted ahead of the one the DataLoader asks for (beyond those it asks
+for early: ``prefetch_factor`` per worker)."""
 
 
 class LookaheadBatches:
-    """``batches`` in order; each hinted (``will_need``) ``ahead`` batches early.
+    """``batches`` in order, each hinted (``will_need``) when drawn, ``ahead`` batches early.
 
-    Past the first ``skip`` batches of a pass, each draw hints the batch drawn and draws
-    and hints up to ``ahead`` more. The first ``skip`` go out unhinted, so that nothing
-    queues before their reads: their readers hint them (`CacheDataset.prefetch`), and a
-    DataLoader with workers draws that many at once when it starts. Each batch is hinted
-    once, until ``budget`` indices were hinted in all; then the batches pass through.
+    The first ``skip`` batches of a pass go out unhinted and undelayed (their readers hint
+    them: `CacheDataset.prefetch`); from then on, each batch asked for is yielded once the
+    ``ahead`` after it were drawn and hinted. Hints stop once ``budget`` indices were
+    hinted; batches that are not sequences pass unhinted.
     """
 
     def __init__(
         self,
-        batches: Iterable[list[int]],
+        batches: Iterable[Any],
         will_need: Callable[[Sequence[int]], None],
         *,
         budget: int,
@@ -52,9 +52,9 @@ class LookaheadBatches:
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Any]:
         source = iter(self.batches)
-        drawn: deque[list[int]] = deque()  # drawn and hinted, not yet yielded
+        drawn: deque[Any] = deque()  # drawn (and hinted), not yet yielded
         count = 0  # batches drawn in this pass
         while True:
             while count >= self.skip and self.budget > 0 and len(drawn) <= self.ahead:
@@ -62,8 +62,9 @@ class LookaheadBatches:
                 if batch is None:
                     break
                 count += 1
-                self.will_need(batch)
-                self.budget -= len(batch)
+                if isinstance(batch, Sequence):
+                    self.will_need(batch)
+                    self.budget -= len(batch)
                 drawn.append(batch)
             if drawn:
                 yield drawn.popleft()
@@ -76,12 +77,12 @@ class LookaheadBatches:
 
 
 class LookaheadLoader(DataLoader[Any]):
-    """A DataLoader whose dataset is asked for its next batches' bytes ahead of the reads.
+    """A DataLoader that asks its dataset for the next batches' bytes ahead of the reads.
 
     Takes DataLoader's arguments. With a dataset that has ``will_need`` (the disk tier's)
-    and batches drawn by a batch sampler, the batches go through `LookaheadBatches`;
-    otherwise it is a plain DataLoader. Lightning re-creates it with its distributed sampler
-    (it keeps a DataLoader's class), so each rank hints its own batches.
+    and a batch sampler, its batches go through `LookaheadBatches`; otherwise it is a plain
+    DataLoader. Lightning re-creates it with its distributed sampler (it keeps a
+    DataLoader's class), so each rank hints the batches it draws.
     """
 
     @property
@@ -90,14 +91,28 @@ class LookaheadLoader(DataLoader[Any]):
         will_need = getattr(self.dataset, "will_need", None)
         if will_need is None or not self._auto_collation:
             return batches
-        # One per loader (the budget spans epochs); a new batch sampler gets a new one.
+        # One per loader, so that the budget spans its epochs.
         lookahead = self.__dict__.get("_lookahead")
         if lookahead is None or lookahead.batches is not batches:
-            # What a DataLoader draws when it starts (its workers' prefetch) and as each
-            # worker's first batch arrives: the first batch waits for none of the hints
-            # (the main process parses the headers they need). Without workers, one.
-            skip = self.num_workers * ((self.prefetch_factor or 0) + 1) or 1
-            budget = len(self.dataset)  # type: ignore[arg-type]
-            lookahead = LookaheadBatches(batches, will_need, budget=budget, skip=skip)
+            lookahead = LookaheadBatches(
+                batches, will_need, budget=self._epoch_indices(batches), skip=self._unhinted()
+            )
             self.__dict__["_lookahead"] = lookahead
         return lookahead
+
+    def _unhinted(self) -> int:
+        """Batches left to their readers (see `LookaheadBatches`).
+
+        Those drawn as the workers start (their prefetch) and as each one's first batch
+        arrives, so that the first batch waits for no hint (the main process reads the
+        headers its hints need); without workers, the first.
+        """
+        return self.num_workers * ((self.prefetch_factor or 0) + 1) or 1
+
+    def _epoch_indices(self, batches: Any) -> int:
+        """Indices drawn per epoch: the batch sampler's sampler's length, if it has one."""
+        sampler = getattr(batches, "sampler", None)
+        try:
+            return len(sampler if isinstance(sampler, Sized) else self.dataset)  # type: ignore[arg-type]
+        except TypeError:  # a length that cannot be told
+            return len(self.dataset)  # type: ignore[arg-type]

@@ -12,7 +12,9 @@ few faults per shard. The bytes written are the same either way.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import stat
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -27,11 +29,11 @@ def write_chunked(stream: BinaryIO, pieces: Iterable[memoryview], chunk: int = C
     """Append ``pieces`` to ``stream``'s file in writes that end on multiples of ``chunk``.
 
     The pieces are gathered (`os.writev`), never copied, unless a chunk has many small
-    ones. A stream without a file descriptor (e.g. `io.BytesIO`) is written piece by piece.
+    ones. Any other stream than a regular file opened by `open` (`io.BytesIO`, a pipe, a
+    compressing file whose descriptor is not where its bytes go) is written piece by piece.
     """
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+    fd = _regular_file(stream)
+    if fd is None:
         for piece in pieces:
             stream.write(piece)
         return
@@ -51,6 +53,14 @@ def write_chunked(stream: BinaryIO, pieces: Iterable[memoryview], chunk: int = C
                 gathered, size = [], 0
     if size:
         _write_all(fd, gathered, size)
+
+
+def _regular_file(stream: BinaryIO) -> int | None:
+    """``stream``'s descriptor if it writes straight to a regular file, else None."""
+    if not isinstance(stream, io.BufferedWriter | io.FileIO):
+        return None
+    fd = stream.fileno()
+    return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
 
 
 def _write_all(fd: int, pieces: list[memoryview], size: int) -> int:

@@ -18,6 +18,7 @@ import mmap
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 HEAD_BYTES = 64 << 10
 """Bytes hinted at the start of each shard when it is opened: its header (a few KiB per
@@ -57,64 +58,94 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-def page_cached(address: int) -> bool | None:
-    """Whether the page of mapped memory holding ``address`` is in memory (``None``: unknown).
+Hint = Callable[[], object]
+"""One hint, ready to be passed to the kernel (`will_need_soon`)."""
 
-    For a file mapping, whether the page cache holds that page, faulted in here or not. One
-    page costs a microsecond, where hinting a cached MiB walks 256 pages (~50 us).
+
+def span_cached(address: int, length: int) -> bool | None:
+    """Whether every page of mapped memory ``[address, address + length)`` is in memory.
+
+    For a file mapping, whether the page cache holds them, faulted in here or not
+    (``mincore``): a few microseconds for a MiB, where hinting a cached MiB walks its 256
+    pages (~50 us). ``None`` where it cannot be told.
     """
     libc = _libc()
-    if libc is None:
+    if libc is None or length <= 0:
         return None
-    vector = ctypes.create_string_buffer(1)
-    if libc.mincore(address - address % _PAGE, 1, vector) != 0:
+    aligned = address - address % _PAGE
+    size = address + length - aligned
+    vector = ctypes.create_string_buffer(-(-size // _PAGE))
+    if libc.mincore(aligned, size, vector) != 0:
         return None
-    return bool(vector.raw[0] & 1)
+    return 0 not in vector.raw  # one byte per page, 1 when resident
+
+
+def mapped_hint(address: int, length: int) -> Hint | None:
+    """A hint that ``[address, address + length)`` of a mapping will be read soon."""
+    libc = _libc()
+    if libc is None or length <= 0:
+        return None
+    aligned = address - address % _PAGE  # madvise takes page-aligned addresses
+    return functools.partial(libc.madvise, aligned, address + length - aligned, mmap.MADV_WILLNEED)
+
+
+def file_hint(descriptor: int, begin: int, end: int) -> Hint | None:
+    """A hint that bytes ``[begin, end)`` of the open file ``descriptor`` will be read soon."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None or end <= begin:
+        return None
+    return functools.partial(advise, descriptor, begin, end - begin, os.POSIX_FADV_WILLNEED)
 
 
 class _Advisor:
-    """A daemon thread that hints spans of mapped memory, so that callers do not wait.
+    """A daemon thread that passes hints to the kernel, so that their callers do not wait.
 
     ``MADV_WILLNEED`` returns once the reads are queued, but queuing them allocates the
     pages and can wait for the device's queue: tens of milliseconds for a cold 32 MiB batch,
-    which a DataLoader's main thread should spend serving batches. The thread calls libc's
-    ``madvise`` through ctypes (without the GIL), takes no Python lock but its queue's, and
-    ends after 0.2 s without work (hints come a batch apart), so that few forks (new
-    DataLoader workers) meet it. A span whose mapping was closed meanwhile is refused (or
-    hints other memory): a hint cannot change what a read returns.
+    which a DataLoader's main thread should spend serving batches. The hints are libc's
+    ``madvise`` through ctypes and ``os.posix_fadvise``, both called without the GIL. The
+    thread ends after 0.2 s without work (hints come a batch apart), so that few forks (new
+    DataLoader workers) meet it. A hint whose mapping or descriptor was closed meanwhile
+    fails (ignored) or hints other memory or another file: it cannot change what a read
+    returns.
     """
 
     IDLE_SECONDS = 0.2
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[list[tuple[int, int]]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[list[Hint]] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _thread
         self._thread: threading.Thread | None = None
 
-    def submit(self, spans: list[tuple[int, int]]) -> None:
-        self._queue.put(spans)
+    def submit(self, hints: list[Hint]) -> None:
+        self._queue.put(hints)
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="shardcache-readahead", daemon=True
-                )
-                self._thread.start()
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name="shardcache-readahead", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (a process limit, shutdown): no hints
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        self._queue.get_nowait()
+                return
+            self._thread = thread
 
     def _run(self) -> None:
-        libc = _libc()
         while True:
             try:
-                spans = self._queue.get(timeout=self.IDLE_SECONDS)
+                hints = self._queue.get(timeout=self.IDLE_SECONDS)
             except queue.Empty:
-                with self._lock:  # a span submitted now finds no thread and starts one
+                with self._lock:  # hints submitted from now on find no thread and start one
                     if self._queue.empty():
                         self._thread = None
                         return
                 continue
-            for address, length in spans:
-                aligned = address - address % _PAGE
-                if libc is not None:  # a failure (-1, errno) is ignored: a hint only
-                    libc.madvise(aligned, length + address - aligned, mmap.MADV_WILLNEED)
+            for hint in hints:
+                # Whatever a hint meets, the thread goes on (madvise returns -1, ignored).
+                with contextlib.suppress(Exception):
+                    hint()
 
 
 _advisor = _Advisor()
@@ -128,7 +159,7 @@ def _new_advisor_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_advisor_after_fork)
 
 
-def will_need_soon(spans: list[tuple[int, int]]) -> None:
-    """Hint spans ``(address, length)`` of mapped memory from a background thread."""
-    if spans and _libc() is not None:
-        _advisor.submit(spans)
+def will_need_soon(hints: list[Hint]) -> None:
+    """Pass ``hints`` to the kernel from a background thread."""
+    if hints:
+        _advisor.submit(hints)

@@ -43,7 +43,10 @@ from .layout import MANIFEST_NAME, CacheRoot
 from .leases import Lease
 from .readahead import (
     HEAD_BYTES,
-    page_cached,
+    Hint,
+    file_hint,
+    mapped_hint,
+    span_cached,
     will_need_file,
     will_need_mapped,
     will_need_soon,
@@ -140,23 +143,21 @@ class _OpenShard:
         else:
             will_need_file(self.descriptor, *span)
 
-    def uncached(self, index: int) -> tuple[int, int] | None:
-        """Where sample ``index``'s bytes are mapped (address, length), unless cached.
+    def lookahead_hint(self, index: int) -> Hint | None:
+        """A hint for sample ``index``'s bytes, or None when the page cache holds them all.
 
-        Its first and last pages stand for the whole (``mincore``); without mmap, its bytes
-        are hinted here instead (``POSIX_FADV_WILLNEED``) and None is returned.
+        Without mmap, a hint whatever the page cache holds.
         """
         span = self._span(index)
         if span is None:
             return None
         begin, end = span
         if self.storage is None:
-            will_need_file(self.descriptor, begin, end)
+            return file_hint(self.descriptor, begin, end)
+        address = self.storage.data_ptr() + begin
+        if span_cached(address, end - begin):
             return None
-        address = self.storage.data_ptr()
-        if page_cached(address + begin) and page_cached(address + end - 1):
-            return None
-        return address + begin, end - begin
+        return mapped_hint(address, end - begin)
 
     def _span(self, index: int) -> tuple[int, int] | None:
         """The bytes ``[begin, end)`` of the shard that sample ``index``'s tensors fill."""
@@ -339,17 +340,21 @@ class CacheDataset(Dataset[Sample]):
     def will_need(self, indices: Sequence[int]) -> None:
         """Ask the disk for these samples' bytes soon, e.g. for batches a sampler drew ahead.
 
-        Unlike `prefetch`, also once this process has read their shards; samples whose
-        pages are cached cost a residency check only, and the hints are passed to the
-        kernel from a background thread (`readahead.will_need_soon`).
+        Unlike `prefetch`, also once this process has read their shards; a sample whose
+        pages are cached costs a residency check, and the hints go to the kernel from a
+        background thread (`readahead.will_need_soon`). Never raises: a sample that cannot
+        be hinted (a damaged header, a bad index) is left to its read to report.
         """
-        spans = []
+        hints = []
         for index in indices:
-            shard, sample = self._shard(index)
-            span = shard.uncached(sample)
-            if span is not None:
-                spans.append(span)
-        will_need_soon(spans)
+            try:
+                shard, sample = self._shard(index)
+                hint = shard.lookahead_hint(sample)
+            except (CorruptCacheError, IndexError, OSError):
+                continue
+            if hint is not None:
+                hints.append(hint)
+        will_need_soon(hints)
 
     def lazy_sample(self, index: int) -> Sample:
         """Sample ``index`` with narrow tensors left as `Narrow`.
