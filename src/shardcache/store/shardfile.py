@@ -10,10 +10,9 @@ served as a view of the mapping. Any safetensors reader can open a shard.
 
 from __future__ import annotations
 
-import itertools
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import torch
@@ -23,7 +22,6 @@ from ..core.decoding import Decoded
 from ..core.dtypes import SAFETENSORS_CODES
 from ..core.narrow import Narrow
 from .codec import Encoded
-from .folios import write_chunked
 from .format import FORMAT_VERSION
 from .header import RECORD_KEY, ShardHeader, TensorEntry
 
@@ -105,14 +103,13 @@ def write_shard(stream: BinaryIO, samples: Sequence[Decoded[Encoded]]) -> tuple[
     # safetensors pads the header with spaces so tensor data starts 8-byte aligned.
     header_bytes += b" " * (-(8 + len(header_bytes)) % 8)
     hasher = xxhash.xxh3_128()
-
-    def hashed() -> Iterator[memoryview]:
-        head = (struct.pack("<Q", len(header_bytes)), header_bytes)
-        for piece in itertools.chain(map(memoryview, head), (p.numpy().data for p in payloads)):
-            hasher.update(piece)
-            yield piece
-
-    write_chunked(stream, hashed())
+    for chunk in (struct.pack("<Q", len(header_bytes)), header_bytes):
+        stream.write(chunk)
+        hasher.update(chunk)
+    for payload in payloads:
+        view = payload.numpy().data
+        stream.write(view)
+        hasher.update(view)
     data_start = 8 + len(header_bytes)
     entries = {
         name: TensorEntry(
