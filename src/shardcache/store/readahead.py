@@ -27,25 +27,6 @@ hundred samples) and the first samples after it."""
 _PAGE = mmap.PAGESIZE
 
 
-def will_need_mapped(mapping: mmap.mmap, begin: int, end: int) -> None:
-    """Hint that bytes ``[begin, end)`` of ``mapping`` will be read soon."""
-    advise = getattr(mapping, "madvise", None)
-    if advise is None or end <= begin:
-        return
-    aligned = begin - begin % _PAGE  # madvise takes page-aligned addresses
-    with contextlib.suppress(OSError, ValueError):  # a hint: the read reports real problems
-        advise(mmap.MADV_WILLNEED, aligned, end - aligned)
-
-
-def will_need_file(descriptor: int, begin: int, end: int) -> None:
-    """Hint that bytes ``[begin, end)`` of the open file ``descriptor`` will be read soon."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None or end <= begin:
-        return
-    with contextlib.suppress(OSError):  # a hint only
-        advise(descriptor, begin, end - begin, os.POSIX_FADV_WILLNEED)
-
-
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
     """The C library (for ``mincore`` and a ``madvise`` that releases the GIL), or None."""
@@ -143,9 +124,7 @@ class _Advisor:
                         return
                 continue
             for hint in hints:
-                # Whatever a hint meets, the thread goes on (madvise returns -1, ignored).
-                with contextlib.suppress(Exception):
-                    hint()
+                advise_now(hint)  # madvise returns -1 on failure: ignored too
 
 
 _advisor = _Advisor()
@@ -157,6 +136,13 @@ def _new_advisor_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_new_advisor_after_fork)
+
+
+def advise_now(hint: Hint | None) -> None:
+    """Pass ``hint`` to the kernel from this thread (a hint never fails a read)."""
+    if hint is not None:
+        with contextlib.suppress(Exception):
+            hint()
 
 
 def will_need_soon(hints: list[Hint]) -> None:

@@ -44,11 +44,10 @@ from .leases import Lease
 from .readahead import (
     HEAD_BYTES,
     Hint,
+    advise_now,
     file_hint,
     mapped_hint,
     span_cached,
-    will_need_file,
-    will_need_mapped,
     will_need_soon,
 )
 from .usage import touch_last_used
@@ -80,7 +79,7 @@ class _OpenShard:
             problem = size_problem(os.fstat(descriptor).st_size, info.bytes)
             if problem is not None:
                 raise CorruptCacheError(f"{self.path}: {problem}", path=self.path)
-            will_need_file(descriptor, 0, min(info.bytes, HEAD_BYTES))  # the header
+            advise_now(file_hint(descriptor, 0, min(info.bytes, HEAD_BYTES)))  # the header
             if use_mmap:
                 # MAP_PRIVATE: reads share the page cache, a write copies the page. The
                 # mapping outlives the descriptor and the file's unlink.
@@ -136,12 +135,8 @@ class _OpenShard:
         themselves (the device's read-ahead window), which beat per-sample hints here.
         """
         span = None if self.read_from else self._span(index)
-        if span is None:
-            return
-        if self._mapping is not None:
-            will_need_mapped(self._mapping, *span)
-        else:
-            will_need_file(self.descriptor, *span)
+        if span is not None:
+            advise_now(self._hint(*span))
 
     def lookahead_hint(self, index: int) -> Hint | None:
         """A hint for sample ``index``'s bytes, or None when the page cache holds them all.
@@ -152,12 +147,15 @@ class _OpenShard:
         if span is None:
             return None
         begin, end = span
+        if self.storage is not None and span_cached(self.storage.data_ptr() + begin, end - begin):
+            return None
+        return self._hint(begin, end)
+
+    def _hint(self, begin: int, end: int) -> Hint | None:
+        """A hint for bytes ``[begin, end)`` of this shard, through its mapping or descriptor."""
         if self.storage is None:
             return file_hint(self.descriptor, begin, end)
-        address = self.storage.data_ptr() + begin
-        if span_cached(address, end - begin):
-            return None
-        return mapped_hint(address, end - begin)
+        return mapped_hint(self.storage.data_ptr() + begin, end - begin)
 
     def _span(self, index: int) -> tuple[int, int] | None:
         """The bytes ``[begin, end)`` of the shard that sample ``index``'s tensors fill."""
