@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .buffers import new_buffer
+
 if TYPE_CHECKING:
     from .fields import FieldLayout
 
@@ -92,9 +94,7 @@ class SlotPool:
             buffer = self._own.get(slot)
             is_new = buffer is None or buffer.storage.nbytes() < nbytes
             if is_new:
-                storage = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
-                if self.shared:
-                    storage.share_memory_()
+                storage = new_buffer(nbytes, shared=self.shared)
                 buffer = self._own[slot] = _Buffer(storage)
             assert buffer is not None
             self.states[slot] = FILLED
