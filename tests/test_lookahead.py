@@ -324,7 +324,7 @@ def test_with_workers_the_main_process_hints_every_batch_past_the_workers_first_
     module.prepare_data()
     module.setup("fit")
     loader = module.train_dataloader()
-    skip = 2 * (2 + 1)  # the prefetch of 2 workers, and the first batch of each
+    skip = 2  # the first batch of each worker: its reader hints it
     assert loader._index_sampler.skip == skip
 
     served = [batch[1]["name"] for batch in loader]  # the workers' order is the draws'
