@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from shardcache.serving.collate import BatchCollator
+from shardcache.serving.slots import SLOTS_PER_PROCESS, SlotPool
 
 
 class Numbered(Dataset[tuple[torch.Tensor, dict[str, object]]]):
@@ -70,6 +71,17 @@ def test_buffers_are_reused_when_released() -> None:
     # Each batch was released before the next: one or two buffers serve every batch
     # (the last, smaller batch may need its own).
     assert len(pointers) <= 2
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_slot_buffer_is_in_shared_memory_when_workers_fill_it(shared: bool) -> None:
+    pool = SlotPool(2 * SLOTS_PER_PROCESS, shared=shared)
+    taken = pool.take(1, 3 << 20, in_process=not shared)
+    assert taken is not None
+    slot, storage, is_new = taken
+    # (a storage's repr in a failed assertion would print every byte)
+    in_shared_memory, nbytes = storage.is_shared(), storage.nbytes()
+    assert (slot, is_new, in_shared_memory, nbytes) == (SLOTS_PER_PROCESS, True, shared, 3 << 20)
 
 
 def test_in_place_changes_stay_in_the_callers_batch() -> None:

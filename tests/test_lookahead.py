@@ -22,7 +22,6 @@ from benchmarks import pagecache
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from shardcache import CachingDataModule
-from shardcache.core.libc import libc
 from shardcache.serving.lookahead import LookaheadBatches, LookaheadLoader
 from shardcache.store import CacheDataset, readahead
 from support.coldcache import eventually, pages_of, resident, shard_paths
@@ -234,7 +233,7 @@ def test_a_forked_child_starts_its_own_advisor_thread() -> None:
 def test_page_cache_residency_is_told_for_whole_spans(
     cold_cache: Callable[[], CacheDataset],
 ) -> None:
-    if libc() is None:
+    if readahead._libc() is None:
         pytest.skip("no mincore here")
     dataset = cold_cache()
     shard = dataset._shard(0)[0]

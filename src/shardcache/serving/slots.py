@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .buffers import new_buffer
-
 if TYPE_CHECKING:
     from .fields import FieldLayout
 
@@ -34,6 +32,18 @@ FREE, FILLED, DELIVERED, RETIRED = 0, 1, 2, 3
 SLOTS_PER_PROCESS = 4
 """Buffers one process may lend at once: DataLoader's default prefetch of two, one being
 consumed, one spare."""
+
+
+def _new_storage(nbytes: int, *, shared: bool) -> torch.UntypedStorage:
+    """A buffer of ``nbytes``; ``shared``: in shared memory, for a worker to fill.
+
+    Allocated there directly, as ``default_collate`` does in workers: ``share_memory_()`` on
+    a new storage allocates it twice and copies it (a 32 MiB buffer: 36 ms to allocate and
+    fill the first time, against 27 ms).
+    """
+    if shared:
+        return torch.UntypedStorage._new_shared(nbytes)  # type: ignore[no-untyped-call,no-any-return]
+    return torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
 
 
 def _use_count(storage: torch.UntypedStorage) -> int:
@@ -94,7 +104,7 @@ class SlotPool:
             buffer = self._own.get(slot)
             is_new = buffer is None or buffer.storage.nbytes() < nbytes
             if is_new:
-                storage = new_buffer(nbytes, shared=self.shared)
+                storage = _new_storage(nbytes, shared=self.shared)
                 buffer = self._own[slot] = _Buffer(storage)
             assert buffer is not None
             self.states[slot] = FILLED

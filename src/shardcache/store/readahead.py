@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import functools
 import mmap
 import os
@@ -19,13 +20,23 @@ import queue
 import threading
 from collections.abc import Callable
 
-from ..core.libc import libc
-
 HEAD_BYTES = 64 << 10
 """Bytes hinted at the start of each shard when it is opened: its header (a few KiB per
 hundred samples) and the first samples after it."""
 
 _PAGE = mmap.PAGESIZE
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library (for ``mincore`` and a ``madvise`` that releases the GIL), or None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 Hint = Callable[[], object]
@@ -39,25 +50,24 @@ def span_cached(address: int, length: int) -> bool | None:
     (``mincore``): a few microseconds for a MiB, where hinting a cached MiB walks its 256
     pages (~50 us). ``None`` where it cannot be told.
     """
-    library = libc()
-    if library is None or length <= 0:
+    libc = _libc()
+    if libc is None or length <= 0:
         return None
     aligned = address - address % _PAGE
     size = address + length - aligned
     vector = ctypes.create_string_buffer(-(-size // _PAGE))
-    if library.mincore(aligned, size, vector) != 0:
+    if libc.mincore(aligned, size, vector) != 0:
         return None
     return 0 not in vector.raw  # one byte per page, 1 when resident
 
 
 def mapped_hint(address: int, length: int) -> Hint | None:
     """A hint that ``[address, address + length)`` of a mapping will be read soon."""
-    library = libc()
-    if library is None or length <= 0:
+    libc = _libc()
+    if libc is None or length <= 0:
         return None
     aligned = address - address % _PAGE  # madvise takes page-aligned addresses
-    length += address - aligned
-    return functools.partial(library.madvise, aligned, length, mmap.MADV_WILLNEED)
+    return functools.partial(libc.madvise, aligned, address + length - aligned, mmap.MADV_WILLNEED)
 
 
 def file_hint(descriptor: int, begin: int, end: int) -> Hint | None:
