@@ -76,6 +76,18 @@ def test_hints_stop_once_the_budget_is_spent_and_the_batches_still_all_pass() ->
     assert len(recorder.asked) == 3
 
 
+def test_a_pass_left_early_spends_none_of_the_budget() -> None:
+    recorder = Recorder()
+    lookahead = LookaheadBatches(batches(10), recorder, budget=40, skip=1, ahead=2)
+    for position, _ in enumerate(lookahead):  # as Lightning's sanity check does
+        if position == 1:
+            break
+    partial = len(recorder.asked)
+    assert partial > 0
+    assert drain(lookahead, recorder) == batches(10)
+    assert recorder.asked[partial:] == batches(10)[1:]  # the whole pass, hinted to its end
+
+
 def test_batches_that_are_not_sequences_pass_unhinted() -> None:
     recorder = Recorder()
     one_shot = [iter(batch) for batch in batches(5)]  # a custom batch sampler's

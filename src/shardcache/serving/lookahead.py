@@ -33,7 +33,7 @@ class LookaheadBatches:
     The first ``skip`` batches of a pass go out unhinted and undelayed (their readers hint
     them: `CacheDataset.prefetch`); from then on, each batch asked for is yielded once the
     ``ahead`` after it were drawn and hinted. Hints stop once ``budget`` indices were
-    hinted; batches that are not sequences pass unhinted.
+    hinted in passes that ran to their end; batches that are not sequences pass unhinted.
     """
 
     def __init__(
@@ -58,24 +58,32 @@ class LookaheadBatches:
         source = iter(self.batches)
         drawn: deque[Any] = deque()  # drawn (and hinted), not yet yielded
         count = 0  # batches drawn in this pass
-        while True:
-            while count >= self.skip and self.budget > 0 and len(drawn) <= self.ahead:
+        spent = 0  # indices hinted in this pass
+        try:
+            while True:
+                while count >= self.skip and self.budget > 0 and len(drawn) <= self.ahead:
+                    batch = next(source, None)
+                    if batch is None:
+                        break
+                    count += 1
+                    if isinstance(batch, Sequence):
+                        self.will_need(batch)
+                        self.budget -= len(batch)
+                        spent += len(batch)
+                    drawn.append(batch)
+                if drawn:
+                    yield drawn.popleft()
+                    continue
                 batch = next(source, None)
                 if batch is None:
-                    break
+                    spent = 0  # a whole pass: its hints count
+                    return
                 count += 1
-                if isinstance(batch, Sequence):
-                    self.will_need(batch)
-                    self.budget -= len(batch)
-                drawn.append(batch)
-            if drawn:
-                yield drawn.popleft()
-                continue
-            batch = next(source, None)
-            if batch is None:
-                return
-            count += 1
-            yield batch
+                yield batch
+        finally:
+            # A pass left early (Lightning's sanity check: two batches) spends no budget,
+            # so the first whole pass is hinted to its end.
+            self.budget += spent
 
 
 class LookaheadLoader(DataLoader[Any]):
