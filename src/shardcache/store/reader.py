@@ -130,9 +130,11 @@ class _OpenShard:
     def prefetch(self, index: int) -> None:
         """Start reading sample ``index``'s bytes from the disk, without waiting for them.
 
-        Only until this process reads the shard: a shard's first reads have no read-ahead
-        history, so each would wait for the disk alone; later faults read around
-        themselves (the device's read-ahead window), which beat per-sample hints here.
+        Only until this process reads the shard (a shard's first reads have no read-ahead
+        history, so each would wait for the disk alone): from then on `LookaheadLoader`
+        hints the batches ahead from the main process, and a hint here would cost every
+        warm read a residency check. A plain DataLoader (mednet's) reads the rest of a cold
+        epoch through page faults.
         """
         span = None if self.read_from else self._span(index)
         if span is not None:
