@@ -23,9 +23,9 @@ from torch.utils.data import BatchSampler, DistributedSampler
 
 from shardcache import CachingDataModule
 from shardcache.serving.lookahead import LookaheadBatches, LookaheadLoader
-from shardcache.store import CacheDataset, readahead
+from shardcache.store import CacheDataset, ensure_cache, readahead
 from support.coldcache import eventually, pages_of, resident, shard_paths
-from support.loaders import SeededLoader, make_items
+from support.loaders import DictImageLoader, SeededLoader, make_items
 
 
 class Recorder:
@@ -172,6 +172,50 @@ def test_a_sample_whose_neighbours_are_cached_is_still_hinted_when_its_middle_is
     dataset.will_need([2])
 
     assert [len(hints) for hints in submitted] == [1]
+    dataset.close()
+
+
+def test_a_dict_sample_is_hinted_where_its_tensors_lie_not_the_shard_between_them(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard lays out every float32 target before the uint8 images: far from each other."""
+    loader = DictImageLoader(tmp_path / "log", side=128)  # a 16 KiB narrow image per sample
+    built = ensure_cache(cache_dir, "train", make_items(16), loader)
+    (path,) = shard_paths(built)
+    built.close()
+    if pagecache.drop([path])["resident_after"] > 0:
+        pytest.skip("this filesystem keeps dropped pages (POSIX_FADV_DONTNEED is a no-op)")
+    dataset = ensure_cache(cache_dir, "train", make_items(16), loader)
+    shard = dataset._shard(12)[0]
+    assert shard.storage is not None
+    base = shard.storage.data_ptr()
+    image, target = (shard.header.tensors[f"12/{field}"] for field in (0, 1))
+    assert target.end < image.begin - 10 * pagecache.PAGE  # the layout this test is about
+    image_pages, target_pages = (
+        range(entry.begin // pagecache.PAGE, -(-entry.end // pagecache.PAGE))
+        for entry in (image, target)
+    )
+
+    def pages(hints: list[readahead.Hint]) -> set[int]:
+        hinted = set()
+        for hint in hints:
+            assert isinstance(hint, functools.partial)
+            address, length, advice = hint.args
+            assert advice == mmap.MADV_WILLNEED
+            first = (address - base) // pagecache.PAGE
+            hinted |= set(range(first, first + -(-length // pagecache.PAGE)))
+        return hinted
+
+    submitted: list[list[readahead.Hint]] = []
+    monkeypatch.setattr("shardcache.store.reader.will_need_soon", submitted.append)
+    dataset.will_need([12])
+    assert eventually(lambda: all(resident(path, target_pages)))  # the head, hinted at open
+    assert pages(submitted.pop()) == set(image_pages)  # what the page cache lacks
+
+    advised: list[readahead.Hint] = []
+    monkeypatch.setattr("shardcache.store.reader.advise_now", advised.append)
+    dataset.prefetch([12])  # a reader's own first batch: hinted whatever is cached
+    assert pages(advised) == set(image_pages) | set(target_pages)
     dataset.close()
 
 

@@ -136,22 +136,24 @@ class _OpenShard:
         warm read a residency check. A plain DataLoader (mednet's) reads the rest of a cold
         epoch through page faults.
         """
-        span = None if self.read_from else self._span(index)
-        if span is not None:
-            advise_now(self._hint(*span))
+        if not self.read_from:
+            for begin, end in self._spans(index):
+                advise_now(self._hint(begin, end))
 
-    def lookahead_hint(self, index: int) -> Hint | None:
-        """A hint for sample ``index``'s bytes, or None when the page cache holds them all.
+    def lookahead_hints(self, index: int) -> list[Hint]:
+        """Hints for the bytes of sample ``index`` that the page cache lacks.
 
-        Without mmap, a hint whatever the page cache holds.
+        Without mmap, hints whatever the page cache holds.
         """
-        span = self._span(index)
-        if span is None:
-            return None
-        begin, end = span
-        if self.storage is not None and span_cached(self.storage.data_ptr() + begin, end - begin):
-            return None
-        return self._hint(begin, end)
+        hints = []
+        for begin, end in self._spans(index):
+            address = None if self.storage is None else self.storage.data_ptr() + begin
+            if address is not None and span_cached(address, end - begin):
+                continue
+            hint = self._hint(begin, end)
+            if hint is not None:
+                hints.append(hint)
+        return hints
 
     def _hint(self, begin: int, end: int) -> Hint | None:
         """A hint for bytes ``[begin, end)`` of this shard, through its mapping or descriptor."""
@@ -159,12 +161,24 @@ class _OpenShard:
             return file_hint(self.descriptor, begin, end)
         return mapped_hint(self.storage.data_ptr() + begin, end - begin)
 
-    def _span(self, index: int) -> tuple[int, int] | None:
-        """The bytes ``[begin, end)`` of the shard that sample ``index``'s tensors fill."""
-        _, entries = self._entries(index)
-        begin = min((e.begin for e in entries), default=0)
-        end = max((e.end for e in entries), default=0)
-        return (begin, end) if end > begin else None
+    def _spans(self, index: int) -> list[tuple[int, int]]:
+        """The byte ranges ``[begin, end)`` of the shard that sample ``index``'s tensors fill.
+
+        Tensors less than a page apart share a range. A sample's tensors need not lie
+        together: a shard lays its tensors out widest dtype first (`shardfile`), so a dict
+        sample's float32 target lies among the other samples' targets near the start, far
+        from its uint8 image; one range from the first to the last would span most of the
+        shard.
+        """
+        spans: list[tuple[int, int]] = []
+        for entry in sorted(self._entries(index)[1], key=lambda entry: entry.begin):
+            if entry.end <= entry.begin:
+                continue
+            if spans and entry.begin - spans[-1][1] < mmap.PAGESIZE:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], entry.end))
+            else:
+                spans.append((entry.begin, entry.end))
+        return spans
 
     def _view(self, entry: TensorEntry) -> torch.Tensor:
         """A zero-copy view of ``entry`` in the mapping."""
@@ -349,11 +363,9 @@ class CacheDataset(Dataset[Sample]):
         for index in indices:
             try:
                 shard, sample = self._shard(index)
-                hint = shard.lookahead_hint(sample)
+                hints += shard.lookahead_hints(sample)
             except (CorruptCacheError, IndexError, OSError):
                 continue
-            if hint is not None:
-                hints.append(hint)
         will_need_soon(hints)
 
     def lazy_sample(self, index: int) -> Sample:
