@@ -18,9 +18,14 @@ import pytest
 import torch
 from mednet.data.datamodule import CachingDataModule as MednetCachingDataModule
 from mednet.data.datamodule import ConcatDataModule as MednetConcatDataModule
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
-from shardcache.mednet import CachingDataModule
+from shardcache.core.narrow import Narrow
+from shardcache.mednet import CachingDataModule, ConcatDataModule, TierConcatDataset
+from shardcache.serving.collate import BatchCollator
+from shardcache.serving.lookahead import LookaheadBatches, LookaheadLoader
+from shardcache.store.reader import CacheDataset
 from support.decodes import decode_count
 from support.mednet_loaders import PngLoader, write_pngs
 from support.samples import sample_differences
@@ -31,7 +36,7 @@ TIERS = ("none", "memory", "disk")
 @pytest.fixture(scope="module")
 def pngs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[Any]]]:
     root = tmp_path_factory.mktemp("pngs")
-    items = write_pngs(root, 20)
+    items = write_pngs(root, 20, side=40)  # a 32 x 32 crop is large enough to store narrow
     return root, {"train": items[:10], "validation": items[10:15], "test": items[15:]}
 
 
@@ -139,6 +144,118 @@ def test_mednet_stage_semantics_are_kept(
     assert set(module._datasets) == {"train"}  # mednet's teardown keeps them
     module.setup("predict")
     assert list(module.predict_dataloader()) == ["train", "test"]
+
+
+def _concat(cls: type, pngs: Any, log: Path, **options: Any) -> Any:
+    """A data module whose every subset is two parts (as from two databases), cropped exactly."""
+    root, split = pngs
+    loader = PngLoader(root, log)
+    splits = {name: [(items[:3], loader), (items[3:], loader)] for name, items in split.items()}
+    module = cls(
+        splits,
+        database_name="pngs",
+        split_name="default",
+        task="classification",
+        num_classes=1,
+        batch_size=4,
+        **options,
+    )
+    module.model_transforms = [v2.CenterCrop(32)]  # keeps k/255 values: stored narrow
+    return module
+
+
+def record_hints(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """`CacheDataset.will_need` replaced: the names of the samples hinted, per call."""
+    calls: list[list[str]] = []
+
+    def will_need(dataset: CacheDataset, indices: Any) -> None:
+        calls.append([dataset[index]["name"] for index in indices])
+
+    monkeypatch.setattr(CacheDataset, "will_need", will_need)
+    return calls
+
+
+def test_a_concatenated_subset_serves_mednets_batches_and_hints_each_part_ahead(
+    pngs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    theirs = _batches(_concat(MednetConcatDataModule, pngs, tmp_path / "theirs.log"))
+    module = _concat(
+        ConcatDataModule, pngs, tmp_path / "ours.log", cache="disk", cache_dir=tmp_path
+    )
+    ours = _batches(module)
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        assert sample_differences(theirs[name], ours[name], name) == []
+
+    train = module._datasets["train"]
+    assert isinstance(train, TierConcatDataset)
+    batch = train.__getitems__([0, 4, 1])  # parts 0, 1, 0: fetched per part, served in order
+    assert [sample["name"] for sample in batch] == [train[i]["name"] for i in (0, 4, 1)]
+    assert all(isinstance(sample["image"], Narrow) for sample in batch)  # widened by the collator
+
+    hints = record_hints(monkeypatch)
+    loader = module.train_dataloader()
+    assert type(loader) is LookaheadLoader
+    assert isinstance(loader.collate_fn, BatchCollator)
+    served = [batch["name"] for batch in loader]
+    first_part = {name for name, _ in pngs[1]["train"][:3]}
+
+    def by_part(names: list[str]) -> list[str]:  # parts in the order they first appear
+        lead = names[0] in first_part
+        return [n for n in names if (n in first_part) == lead] + [
+            n for n in names if (n in first_part) != lead
+        ]
+
+    expected = [name for names in served[1:] for name in by_part(names)]  # the first: its reader's
+    assert [name for call in hints for name in call] == expected
+    assert all(set(call) <= first_part or not set(call) & first_part for call in hints)
+
+
+def test_only_the_disk_tier_hints_mednets_loaders(pngs: Any, tmp_path: Path) -> None:
+    for tier, hinted in (("none", False), ("memory", False), ("disk", True)):
+        for build in (_build, _concat):
+            module = build(
+                CachingDataModule if build is _build else ConcatDataModule,
+                pngs,
+                tmp_path / f"{tier}.log",
+                cache=tier,
+                cache_dir=tmp_path,
+            )
+            module.prepare_data()
+            module.setup("fit")
+            loader = module.train_dataloader()
+            assert (type(loader) is LookaheadLoader) is hinted, (tier, build.__name__)
+            assert type(loader) in (DataLoader, LookaheadLoader)
+
+
+def test_lightning_recreates_a_mednet_disk_loader_for_a_rank_as_a_lookahead_loader(
+    pngs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What Lightning's trainer does with a train loader under DDP: it asks the data module
+    # for it with DataLoader's arguments recorded (`_request_dataloader`), then re-creates it
+    # from its class with a DistributedSampler (`_update_dataloader`).
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    module = _build(CachingDataModule, pngs, tmp_path / "r.log", cache="disk", cache_dir=tmp_path)
+    module.prepare_data()
+    module.setup("fit")
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = module.train_dataloader()
+    rank = DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=True, seed=3)
+    recreated = _update_dataloader(loader, rank, mode=RunningStage.TRAINING)
+
+    assert type(recreated) is LookaheadLoader
+    assert isinstance(recreated.collate_fn, BatchCollator)
+    hints = record_hints(monkeypatch)
+    index_sampler = recreated._index_sampler
+    assert isinstance(index_sampler, LookaheadBatches)
+    assert index_sampler.batches.sampler is rank
+    served = [batch["name"] for batch in recreated]
+    names = [module._datasets["train"][index]["name"] for index in rank]
+    assert [name for batch in served for name in batch] == names  # this rank's half
+    assert hints == served[1:]
 
 
 @pytest.mark.slow

@@ -38,6 +38,12 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
     ) from error
 
 from .datamodules import CachingDataModule, ConcatDataModule
-from .datasets import CachedDataset, TierDataset
+from .datasets import CachedDataset, TierConcatDataset, TierDataset
 
-__all__ = ["CachedDataset", "CachingDataModule", "ConcatDataModule", "TierDataset"]
+__all__ = [
+    "CachedDataset",
+    "CachingDataModule",
+    "ConcatDataModule",
+    "TierConcatDataset",
+    "TierDataset",
+]

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader, default_collate
 from ..core.settings import DEFAULT_LOCK_TIMEOUT
 from ..core.workers import num_workers
 from ..serving.collate import BatchCollator
+from ..serving.lookahead import with_lookahead
 from ..tiers import Subset, Tier, TierOptions, check_tier_name, make_tier
-from .datasets import TierDataset
+from .datasets import TierConcatDataset, TierDataset
 
 logger = logging.getLogger(__name__)
 
@@ -117,39 +118,41 @@ class _TierSelection:
             TierDataset(tier.open(subset), subset.items, subset.loader, lazy=lazy)
             for subset in self._subsets(name)
         ]
-        self._datasets[name] = (
-            datasets[0] if len(datasets) == 1 else _mednet.ConcatDataset(datasets)
-        )
+        self._datasets[name] = datasets[0] if len(datasets) == 1 else TierConcatDataset(datasets)
 
-    def _pooled(self, loader: DataLoader[Any]) -> DataLoader[Any]:
-        """``loader`` with `BatchCollator` for mednet's default collate (the same batches)."""
+    def _served(self, loader: DataLoader[Any]) -> DataLoader[Any]:
+        """``loader`` (mednet's) served by us: `BatchCollator`, `with_lookahead`.
+
+        `BatchCollator` replaces mednet's default collate (the same batches); on the disk
+        tier, the loader hints the batches it draws ahead.
+        """
         if self.collate_fn is default_collate:
             workers = num_workers(self.parallel)
             loader.collate_fn = BatchCollator(workers, persistent_workers=loader.persistent_workers)
-        return loader
+        return with_lookahead(loader)
 
     def train_dataloader(self) -> DataLoader[Any]:
         """Mednet's shuffled training loader."""
-        return self._pooled(super().train_dataloader())  # type: ignore[misc]
+        return self._served(super().train_dataloader())  # type: ignore[misc]
 
     def unshuffled_train_dataloader(self) -> DataLoader[Any]:
         """Mednet's unshuffled training loader."""
-        return self._pooled(super().unshuffled_train_dataloader())  # type: ignore[misc]
+        return self._served(super().unshuffled_train_dataloader())  # type: ignore[misc]
 
     def val_dataloader(self) -> dict[str, DataLoader[Any]]:
         """Mednet's validation loaders (``validation``, or ``train``, and ``monitor-*``)."""
         loaders = super().val_dataloader()  # type: ignore[misc]
-        return {name: self._pooled(loader) for name, loader in loaders.items()}
+        return {name: self._served(loader) for name, loader in loaders.items()}
 
     def test_dataloader(self) -> dict[str, DataLoader[Any]]:
         """Mednet's test loader."""
         loaders = super().test_dataloader()  # type: ignore[misc]
-        return {name: self._pooled(loader) for name, loader in loaders.items()}
+        return {name: self._served(loader) for name, loader in loaders.items()}
 
     def predict_dataloader(self) -> dict[str, DataLoader[Any]]:
         """A loader for every subset set up so far, as mednet serves them."""
         loaders = super().predict_dataloader()  # type: ignore[misc]
-        return {name: self._pooled(loader) for name, loader in loaders.items()}
+        return {name: self._served(loader) for name, loader in loaders.items()}
 
 
 class ConcatDataModule(_TierSelection, _mednet.ConcatDataModule):

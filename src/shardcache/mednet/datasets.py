@@ -1,11 +1,12 @@
-"""mednet ``Dataset``s over shardcache's tiers: one subset's, and mednet's ``CachedDataset``."""
+"""mednet ``Dataset``s on shardcache's tiers: a subset's, concatenated ones, ``CachedDataset``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+from mednet.data.datamodule import ConcatDataset as _MednetConcatDataset
 from mednet.data.typing import Dataset as _MednetDataset
 
 from ..core.types import RawDataLoader, Sample, SampleDataset
@@ -39,6 +40,11 @@ class TierDataset(_MednetDataset):
         """A batch's samples; narrow stored tensors stay narrow for `BatchCollator`."""
         return fetch_batch(self.dataset, indices, lazy=self.lazy, read=self.dataset.__getitem__)
 
+    @property
+    def will_need(self) -> Callable[[Sequence[int]], None] | None:
+        """The tier's hint for samples read soon (`CacheDataset.will_need`), if it takes any."""
+        return getattr(self.dataset, "will_need", None)
+
     def __len__(self) -> int:
         return len(self.dataset)
 
@@ -49,6 +55,50 @@ class TierDataset(_MednetDataset):
     def close(self) -> None:
         """Release the tier dataset (mappings, leases)."""
         self.dataset.close()
+
+
+class TierConcatDataset(_MednetConcatDataset):
+    """mednet's ``ConcatDataset`` of `TierDataset`s (a subset from several databases).
+
+    A batch is fetched, and hinted, from each part at once: its samples in one
+    ``__getitems__`` per part (narrow tensors left narrow, the read-ahead of a cold batch),
+    not one ``[index]`` each.
+    """
+
+    _datasets: Sequence[TierDataset]
+
+    def _by_part(self, indices: Sequence[int]) -> dict[int, tuple[list[int], list[int]]]:
+        """Part to (positions in ``indices``, indices within the part)."""
+        parts: dict[int, tuple[list[int], list[int]]] = {}
+        for position, index in enumerate(indices):
+            part, inner = self._indices[index]
+            positions, inners = parts.setdefault(part, ([], []))
+            positions.append(position)
+            inners.append(inner)
+        return parts
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """A batch's samples, in order."""
+        samples: list[Sample] = [None] * len(indices)  # type: ignore[list-item]
+        for part, (positions, inners) in self._by_part(indices).items():
+            for position, sample in zip(
+                positions, self._datasets[part].__getitems__(inners), strict=True
+            ):
+                samples[position] = sample
+        return samples
+
+    @property
+    def will_need(self) -> Callable[[Sequence[int]], None] | None:
+        """A hint for samples read soon, to each part that takes hints; None if none does."""
+        if all(part.will_need is None for part in self._datasets):
+            return None
+        return self._will_need
+
+    def _will_need(self, indices: Sequence[int]) -> None:
+        for part, (_, inners) in self._by_part(indices).items():
+            hint = self._datasets[part].will_need
+            if hint is not None:
+                hint(inners)
 
 
 class CachedDataset(_MednetDataset):

@@ -126,3 +126,16 @@ class LookaheadLoader(DataLoader[Any]):
             return len(sampler if isinstance(sampler, Sized) else self.dataset)  # type: ignore[arg-type]
         except TypeError:  # a length that cannot be told
             return len(self.dataset)  # type: ignore[arg-type]
+
+
+def with_lookahead(loader: DataLoader[Any]) -> DataLoader[Any]:
+    """``loader``, a plain DataLoader built elsewhere (mednet's), made a `LookaheadLoader`.
+
+    Only when its dataset takes hints (the disk tier's ``will_need``). The class adds
+    behaviour and no state, so every argument stays as given; Lightning re-creates a loader
+    (with its distributed sampler) from its class and the arguments it was built with, so it
+    re-creates this one as a `LookaheadLoader` too.
+    """
+    if type(loader) is DataLoader and getattr(loader.dataset, "will_need", None) is not None:
+        loader.__class__ = LookaheadLoader
+    return loader
