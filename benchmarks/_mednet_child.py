@@ -3,8 +3,9 @@
 Tasks:
     run: build the system's data module (mednet's own with ``cache_samples=True``, or
         ``shardcache.mednet`` with ``cache="disk"``), set it up for ``fit`` as
-        ``mednet train`` does, and time the first training batch (from construction) and
-        `WARM_EPOCHS` warm epochs (their median); count decodes.
+        ``mednet train`` does, and time the first training batch and the first epoch (from
+        construction) and `WARM_EPOCHS` warm epochs (their median); count decodes. With
+        ``cold``, what the run reads (PNGs, or shards) is first dropped from the page cache.
     ranks: one of two ranks of a gloo group: both set up and iterate an epoch, then each
         takes its memory while both are alive.
 """
@@ -25,6 +26,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
+from benchmarks import pagecache
 from benchmarks.counting import count_decodes
 from benchmarks.harness import Task, child_main
 from shardcache.loaders import read_json_split
@@ -81,9 +83,20 @@ def _log(spec: dict[str, Any]) -> str:
     return str(Path(spec["cache_dir"]).parent / f"decodes-{os.getpid()}")
 
 
+def _input_files(spec: dict[str, Any]) -> list[Path]:
+    """What a run of the system reads: mednet's PNGs, or shardcache's shards."""
+    if spec["system"] == "mednet":
+        return sorted(Path(spec["data_root"]).rglob("*.png"))
+    return sorted(Path(spec["cache_dir"]).rglob("*.safetensors"))
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """The first batch of a run, a warm epoch, and the decodes (see the module docstring)."""
+    """The first batch of a run, a warm epoch, and the decodes (see the module docstring).
+
+    With ``cold``, the pages of what the run reads are dropped from the page cache first.
+    """
     log = _log(spec)
+    dropped = pagecache.drop(_input_files(spec)) if spec.get("cold") else {}
     started = time.perf_counter()
     module = _datamodule(spec, log)
     module.prepare_data()
@@ -107,6 +120,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "warm_samples_per_s": statistics.median(rates),
         "samples": served,
         "decodes": count_decodes(log),
+        "resident_after_drop": dropped.get("resident_after"),
     }
 
 
