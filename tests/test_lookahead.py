@@ -16,8 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import lightning
 import pytest
+import torch
 from benchmarks import pagecache
 from torch.utils.data import BatchSampler, DistributedSampler
 
@@ -71,9 +74,22 @@ def test_hints_stop_once_the_budget_is_spent_and_the_batches_still_all_pass() ->
     recorder = Recorder()
     lookahead = LookaheadBatches(batches(10), recorder, budget=12, skip=1, ahead=2)
     assert drain(lookahead, recorder) == batches(10)
-    assert recorder.asked == batches(10)[1:4]  # 3 batches of 4 spend a budget of 12
+    # The reader's batch and 2 hinted ones, of 4 indices each, spend a budget of 12.
+    assert recorder.asked == batches(10)[1:3]
     assert drain(lookahead, recorder) == batches(10)  # a second pass: nothing left to hint
-    assert len(recorder.asked) == 3
+    assert len(recorder.asked) == 2
+
+
+def test_a_pass_whose_every_batch_was_yielded_spends_the_budget_without_its_end() -> None:
+    recorder = Recorder()
+    lookahead = LookaheadBatches(batches(10), recorder, budget=40, skip=1, ahead=2)
+    first = iter(lookahead)
+    assert [next(first) for _ in range(len(lookahead))] == batches(10)  # as Lightning asks
+    assert recorder.asked == batches(10)[1:]
+    second = iter(lookahead)  # the first pass is dropped: never asked for its end
+    del first
+    assert list(second) == batches(10)
+    assert recorder.asked == batches(10)[1:]  # one epoch's worth, spent
 
 
 def test_a_pass_left_early_spends_none_of_the_budget() -> None:
@@ -345,11 +361,51 @@ def test_the_disk_tier_loader_hints_the_batches_it_draws_after_the_first(
     names = [name for name, _ in make_items(24)]
     hinted = [[names[index] for index in batch] for batch in asked]
     assert hinted == [list(batch) for batch in served[1:]]  # every batch but the first
-    # The budget is one epoch's worth of indices (24); the first epoch hinted 20.
+    # The budget is one epoch's worth of indices (24): the reader's batch and 20 hinted.
     list(loader)
-    assert [len(batch) for batch in asked] == [4] * 6
-    list(loader)
-    assert len(asked) == 6  # spent: no more hints
+    assert len(asked) == 5  # spent: no more hints
+    module.teardown("fit")
+
+
+class _Epochs(lightning.LightningModule):
+    """Trains nothing; marks where each training epoch starts among the hints."""
+
+    def __init__(self, asked: list[object]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.asked = asked
+
+    def on_train_epoch_start(self) -> None:
+        self.asked.append(f"epoch {self.current_epoch}")
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.weight * batch[0].mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("parallel", [-1, 1])
+def test_a_trainer_hints_the_first_training_epoch_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallel: int
+) -> None:
+    """Lightning asks a loader for ``len()`` batches, never for its end: a pass still counts."""
+    asked: list[object] = []
+    monkeypatch.setattr(CacheDataset, "will_need", lambda self, indices: asked.append(len(indices)))
+    module = _module(tmp_path, "disk", parallel=parallel)
+    trainer = lightning.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Epochs(asked), train_dataloaders=module.train_dataloader())
+    second = asked.index("epoch 1")  # with workers, the first hints come before "epoch 0"
+    skip = max(1, parallel)  # each reader's first batch: its own to hint
+    assert [hint for hint in asked[:second] if hint != "epoch 0"] == [4] * (6 - skip)
+    assert asked[second:] == ["epoch 1", "epoch 2"]
     module.teardown("fit")
 
 

@@ -32,8 +32,11 @@ class LookaheadBatches:
 
     The first ``skip`` batches of a pass go out unhinted and undelayed (their readers hint
     them: `CacheDataset.prefetch`); from then on, each batch asked for is yielded once the
-    ``ahead`` after it were drawn and hinted. Hints stop once ``budget`` indices were
-    hinted in passes that ran to their end; batches that are not sequences pass unhinted.
+    ``ahead`` after it were drawn and hinted. Each index of a whole pass (every batch
+    yielded; Lightning asks for ``len()`` batches, not for the end) counts against
+    ``budget``, hinted or left to its reader; once it is spent, batches pass unhinted, as do
+    batches that are not sequences. A pass left early (Lightning's sanity check: two
+    batches) spends none of it, so the first whole pass is hinted to its end.
     """
 
     def __init__(
@@ -58,7 +61,8 @@ class LookaheadBatches:
         source = iter(self.batches)
         drawn: deque[Any] = deque()  # drawn (and hinted), not yet yielded
         count = 0  # batches drawn in this pass
-        spent = 0  # indices hinted in this pass
+        yielded = 0
+        spent = 0  # indices of this pass counted against the budget
         try:
             while True:
                 while count >= self.skip and self.budget > 0 and len(drawn) <= self.ahead:
@@ -68,22 +72,34 @@ class LookaheadBatches:
                     count += 1
                     if isinstance(batch, Sequence):
                         self.will_need(batch)
-                        self.budget -= len(batch)
-                        spent += len(batch)
+                        spent += self._spend(batch)
                     drawn.append(batch)
                 if drawn:
-                    yield drawn.popleft()
-                    continue
-                batch = next(source, None)
-                if batch is None:
-                    spent = 0  # a whole pass: its hints count
-                    return
-                count += 1
+                    batch = drawn.popleft()
+                else:
+                    batch = next(source, None)
+                    if batch is None:
+                        yielded = -1  # the end: a whole pass, whatever its length
+                        return
+                    count += 1
+                    if self.budget > 0 and isinstance(batch, Sequence):
+                        spent += self._spend(batch)  # its reader's to hint
+                yielded += 1
                 yield batch
         finally:
-            # A pass left early (Lightning's sanity check: two batches) spends no budget,
-            # so the first whole pass is hinted to its end.
-            self.budget += spent
+            if yielded != -1 and yielded < self._length():
+                self.budget += spent  # a pass left early
+
+    def _spend(self, batch: Sequence[int]) -> int:
+        self.budget -= len(batch)
+        return len(batch)
+
+    def _length(self) -> float:
+        """Batches in a pass; infinite when that cannot be told (only the end ends it)."""
+        try:
+            return len(self.batches)  # type: ignore[arg-type]
+        except TypeError:
+            return float("inf")
 
 
 class LookaheadLoader(DataLoader[Any]):
@@ -131,10 +147,11 @@ class LookaheadLoader(DataLoader[Any]):
 def with_lookahead(loader: DataLoader[Any]) -> DataLoader[Any]:
     """``loader``, a plain DataLoader built elsewhere (mednet's), made a `LookaheadLoader`.
 
-    Only when its dataset takes hints (the disk tier's ``will_need``). The class adds
-    behaviour and no state, so every argument stays as given; Lightning re-creates a loader
-    (with its distributed sampler) from its class and the arguments it was built with, so it
-    re-creates this one as a `LookaheadLoader` too.
+    Only when its dataset takes hints (the disk tier's ``will_need``). `LookaheadLoader`
+    has no ``__init__`` or ``__slots__`` of its own (its lookahead is made on first use), so
+    the loader keeps every argument as given. Lightning re-creates a loader (with its
+    distributed sampler) from its class and the arguments recorded when it was built, then
+    replays the attributes set since (this ``__class__`` too): a `LookaheadLoader` again.
     """
     if type(loader) is DataLoader and getattr(loader.dataset, "will_need", None) is not None:
         loader.__class__ = LookaheadLoader
