@@ -208,10 +208,19 @@ def test_a_concatenated_subset_serves_mednets_batches_and_hints_each_part_ahead(
 
     expected = [name for names in served[1:] for name in by_part(names)]  # the first: its reader's
     assert [name for call in hints for name in call] == expected
+
+    hints.clear()
+    assert train.will_need is not None
+    train.will_need([0, 10**6])  # a hint never raises: the read reports a bad index
+    assert hints == []
+    with pytest.raises(IndexError):
+        train.__getitems__([0, 10**6])
     assert all(set(call) <= first_part or not set(call) & first_part for call in hints)
 
 
 def test_only_the_disk_tier_hints_mednets_loaders(pngs: Any, tmp_path: Path) -> None:
+    # `with_lookahead` swaps the class of a built loader: LookaheadLoader must add no state.
+    assert not {"__init__", "__slots__"} & set(vars(LookaheadLoader))
     for tier, hinted in (("none", False), ("memory", False), ("disk", True)):
         for build in (_build, _concat):
             module = build(

@@ -23,7 +23,8 @@ an explicit ``cache`` wins over ``cache_samples``, which mednet's scripts always
 ``model_transforms`` are applied before caching, as mednet does (to each ``tv_tensors``
 value of a sample); the disk tier's key includes them, so a changed transform is a new
 cache. With mednet's default ``collate_fn``, batches are assembled by `BatchCollator`:
-the same batches as ``default_collate``, in reused buffers.
+the same batches as ``default_collate``, in reused buffers. On the disk tier, mednet's
+loaders become `LookaheadLoader`s, which hint the batches they draw to the disk early.
 
 mednet is an optional dependency: ``pip install "shardcache[mednet]"``.
 """

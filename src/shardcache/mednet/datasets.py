@@ -62,7 +62,8 @@ class TierConcatDataset(_MednetConcatDataset):
 
     A batch is fetched, and hinted, from each part at once: its samples in one
     ``__getitems__`` per part (narrow tensors left narrow, the read-ahead of a cold batch),
-    not one ``[index]`` each.
+    not one ``[index]`` each. Relies on mednet 2.1's ``_datasets`` and ``_indices`` (index
+    to ``(part, index in part)``); the ``mednet`` extra pins mednet below 2.2.
     """
 
     _datasets: Sequence[TierDataset]
@@ -79,13 +80,11 @@ class TierConcatDataset(_MednetConcatDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """A batch's samples, in order."""
-        samples: list[Sample] = [None] * len(indices)  # type: ignore[list-item]
+        samples: dict[int, Sample] = {}
         for part, (positions, inners) in self._by_part(indices).items():
-            for position, sample in zip(
-                positions, self._datasets[part].__getitems__(inners), strict=True
-            ):
-                samples[position] = sample
-        return samples
+            fetched = self._datasets[part].__getitems__(inners)
+            samples.update(zip(positions, fetched, strict=True))
+        return [samples[position] for position in range(len(indices))]
 
     @property
     def will_need(self) -> Callable[[Sequence[int]], None] | None:
@@ -95,7 +94,11 @@ class TierConcatDataset(_MednetConcatDataset):
         return self._will_need
 
     def _will_need(self, indices: Sequence[int]) -> None:
-        for part, (_, inners) in self._by_part(indices).items():
+        try:
+            parts = self._by_part(indices)
+        except (IndexError, TypeError):
+            return  # a hint never raises: the read reports a bad index
+        for part, (_, inners) in parts.items():
             hint = self._datasets[part].will_need
             if hint is not None:
                 hint(inners)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import functools
 import mmap
+import operator
 import os
 import weakref
 from collections.abc import Sequence
@@ -133,8 +134,8 @@ class _OpenShard:
         Only until this process reads the shard (a shard's first reads have no read-ahead
         history, so each would wait for the disk alone): from then on `LookaheadLoader`
         hints the batches ahead from the main process, and a hint here would cost every
-        warm read a residency check. A plain DataLoader (mednet's) reads the rest of a cold
-        epoch through page faults.
+        warm read a residency check. A plain DataLoader (one shardcache did not build)
+        reads the rest of a cold epoch through page faults.
         """
         if not self.read_from:
             for begin, end in self._spans(index):
@@ -171,7 +172,7 @@ class _OpenShard:
         shard.
         """
         spans: list[tuple[int, int]] = []
-        for entry in sorted(self._entries(index)[1], key=lambda entry: entry.begin):
+        for entry in sorted(self._entries(index)[1], key=operator.attrgetter("begin")):
             if entry.end <= entry.begin:
                 continue
             if spans and entry.begin - spans[-1][1] < mmap.PAGESIZE:
