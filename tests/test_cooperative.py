@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from shardcache.store.jobfiles import directory_identity
+from shardcache.store.atomic import temporary_name
+from shardcache.store.jobfiles import JobFiles, directory_identity
 from shardcache.store.layout import JOB_FILE, CacheRoot
 from shardcache.store.teams import Plan
+from shardcache.store.tree import CacheTree
 from shardcache.tiers.distributed import View, decoding_processes, form_teams
 from support.builds import (
     child_build,
@@ -120,6 +122,25 @@ def test_every_process_reads_the_same_directory_identity(cache_dir: Path) -> Non
     assert len(tokens) == 1
     assert None not in tokens
     assert root.identity().read_text().strip() == tokens.pop()
+
+
+def test_a_finished_jobs_files_go_with_the_temporary_ones_a_killed_member_left(
+    cache_dir: Path,
+) -> None:
+    key, other_key = "a" * 64, "b" * 64
+    owner = f"{key}.00c0ffee.0.owner.json"
+    mine = [f"{key}.00c0ffee.plan.json", owner, temporary_name(owner)]
+    others = [
+        f"{key}.0badf00d.0.owner.json",  # another job of the same key
+        temporary_name(f"{key}.0badf00d.0.owner.json"),
+        f"{other_key}.00c0ffee.plan.json",  # the same job id, another key
+        temporary_name(f"{key}.owner.json"),  # the build lock's (its next holder's to remove)
+    ]
+    with CacheTree.open(cache_dir, create=True) as tree, tree.locks(create=True) as locks:
+        for name in mine + others:
+            os.close(locks.open_file(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        JobFiles(locks, key, "00c0ffee").remove_all()
+        assert sorted(name for name, _ in locks.entries()) == sorted(others)
 
 
 def test_a_directory_that_cannot_hold_an_identity_has_none(tmp_path: Path) -> None:

@@ -23,6 +23,16 @@ def temporary_name(final: str) -> str:
     return f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{final}"
 
 
+def final_name(name: str) -> str:
+    """The final name that a `temporary_name` stands for; any other name, as it is."""
+    fields = name.removeprefix(TEMPORARY_PREFIX).split("-", 2)  # pid, token, final name
+    if name.startswith(TEMPORARY_PREFIX) and len(fields) == 3:
+        pid, token, final = fields
+        if pid.isdigit() and len(token) == 8 and final:
+            return final
+    return name
+
+
 class PendingFile:
     """A file written under a temporary name that becomes final only by `commit`.
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core.errors import CorruptCacheError
-from .atomic import PendingFile, write_atomically
+from .atomic import PendingFile, final_name, write_atomically
 from .format import ShardInfo
 from .fs import Directory
 from .layout import IDENTITY_NAME, JOB_FILE
@@ -131,9 +131,14 @@ class JobFiles:
         self.locks.unlink(self.name(what), missing_ok=True)
 
     def remove_all(self) -> None:
-        """Delete every file of this job's build of this key (its build is over)."""
-        for name in job_names(self.locks, self.key).get(self.job, []):
-            self.locks.unlink(name, missing_ok=True)
+        """Delete every file of this job's build of this key (its build is over).
+
+        Temporary ones too: a member killed while it rewrote its owner file leaves one.
+        """
+        prefix = self.name("")
+        for name, _ in self.locks.entries():
+            if final_name(name).startswith(prefix):
+                self.locks.unlink(name, missing_ok=True)
 
     # ---- the plan and the done files --------------------------------------------------------
 
