@@ -121,10 +121,10 @@ class _TierSelection:
         self._datasets[name] = datasets[0] if len(datasets) == 1 else TierConcatDataset(datasets)
 
     def _served(self, loader: DataLoader[Any]) -> DataLoader[Any]:
-        """``loader`` (mednet's) served by us: `BatchCollator`, `with_lookahead`.
+        """``loader`` with `BatchCollator` for mednet's default collate, hinting on the disk tier.
 
-        `BatchCollator` replaces mednet's default collate (the same batches); on the disk
-        tier, the loader hints the batches it draws ahead.
+        The same batches as mednet's, in reused buffers; `with_lookahead` makes the loader
+        hint the batches it draws when its dataset takes hints.
         """
         if self.collate_fn is default_collate:
             workers = num_workers(self.parallel)

@@ -62,6 +62,7 @@ class LookaheadBatches:
         drawn: deque[Any] = deque()  # drawn (and hinted), not yet yielded
         count = 0  # batches drawn in this pass
         yielded = 0
+        ended = False  # the source's end was drawn: a whole pass, whatever its length
         spent = 0  # indices of this pass counted against the budget
         try:
             while True:
@@ -79,7 +80,7 @@ class LookaheadBatches:
                 else:
                     batch = next(source, None)
                     if batch is None:
-                        yielded = -1  # the end: a whole pass, whatever its length
+                        ended = True
                         return
                     count += 1
                     if self.budget > 0 and isinstance(batch, Sequence):
@@ -87,7 +88,7 @@ class LookaheadBatches:
                 yielded += 1
                 yield batch
         finally:
-            if yielded != -1 and yielded < self._length():
+            if not ended and yielded < self._length():
                 self.budget += spent  # a pass left early
 
     def _spend(self, batch: Sequence[int]) -> int:
