@@ -26,6 +26,7 @@ from support.builds import published
 from support.decodes import decode_count, decoded_items
 from support.loaders import BadValueLoader, TextLabelLoader, ValueLoader, add_one
 from support.processes import raised_by
+from support.trainers import quiet_trainer
 
 TIERS = ["none", "memory", "disk"]
 FULL = {"train": 6, "validation": 4, "monitor-train": 6, "test": 3}
@@ -133,15 +134,7 @@ def test_trainer_fits_and_tests_with_every_tier(
         cache_dir, split, ValueLoader(decode_log), tier, batch_size=2, parallel=parallel
     )
     model = TinyModel()
-    trainer = lightning.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
 

@@ -29,6 +29,7 @@ from shardcache.serving.lookahead import LookaheadBatches, LookaheadLoader
 from shardcache.store import CacheDataset, ensure_cache, readahead
 from support.coldcache import eventually, pages_of, resident, shard_paths
 from support.loaders import DictImageLoader, SeededLoader, make_items
+from support.trainers import quiet_trainer
 
 
 class Recorder:
@@ -393,14 +394,7 @@ def test_a_trainer_hints_the_first_training_epoch_only(
     asked: list[object] = []
     monkeypatch.setattr(CacheDataset, "will_need", lambda self, indices: asked.append(len(indices)))
     module = _module(tmp_path, "disk", parallel=parallel)
-    trainer = lightning.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=3)
     trainer.fit(_Epochs(asked), train_dataloaders=module.train_dataloader())
     second = asked.index("epoch 1")  # with workers, the first hints come before "epoch 0"
     skip = max(1, parallel)  # each reader's first batch: its own to hint

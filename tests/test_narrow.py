@@ -26,6 +26,7 @@ from shardcache.core.narrow import NarrowBatch, Widening, widen_into
 from shardcache.loaders import ImageFileLoader
 from shardcache.store import CacheDataset
 from shardcache.store.codec import narrow
+from support.trainers import quiet_trainer
 
 SIDE = 40
 
@@ -185,14 +186,7 @@ class _Recorder(lightning.LightningModule):
 def _fit(datamodule: CachingDataModule) -> list[torch.Tensor]:
     """The training batches' images as a model sees them, in one seeded epoch."""
     model = _Recorder()
-    trainer = lightning.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1)
     torch.manual_seed(0)
     trainer.fit(model, datamodule=datamodule)
     return model.images

@@ -197,6 +197,7 @@ def _main(config_path: str) -> None:
 
     from .loaders import make_items
     from .samples import dataset_digest
+    from .trainers import quiet_trainer
 
     config = json.loads(Path(config_path).read_text())
     out = Path(config["out_dir"])
@@ -252,19 +253,14 @@ def _main(config_path: str) -> None:
         shard_bytes=config["shard_bytes"],
     )
     datamodule.prepare_data_per_node = config["per_node"]
-    trainer = lightning.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        max_epochs=1,
         devices=config["devices"],
         num_nodes=config["nodes"],
         strategy=DDPStrategy(process_group_backend="gloo"),
-        max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=out,
     )
     trainer.fit(Model(), datamodule=datamodule)
